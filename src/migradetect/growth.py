@@ -1,13 +1,226 @@
-"""Growth curves: plateau diameter, model-free growth time, saturating fit."""
+"""Growth curves of migrasome tracks: size at plateau, model-free growth time, saturating fit.
+
+Public function
+---------------
+``fit_tracks(migrasomes, *, frame_interval_s, n_frames, config, pixel_size_um=None)
+-> DataFrame[schema.TRACKS minus experiment, movie, cell_id, assign_reason]``
+
+Definitions (per track, frames sorted; ``d`` is ``diameter_um``; ``s`` is ``d`` smoothed by a
+centred moving median over ``smoothing_frames`` observed frames, shorter at the ends):
+
+- ``max_diameter_um``: the largest value of ``s`` (the moving median keeps single noisy
+  frames from setting the maximum).
+- ``growth_time_s``: time from the first detection until ``s`` first reaches
+  ``plateau_fraction`` (default 90 %) of ``max_diameter_um``, linearly interpolated between
+  the two frames around the crossing. NaN when the track is born before the movie starts
+  (its birth was not seen), or has fewer than 2 frames.
+- ``plateau_diameter_um``: the median of the raw diameters over the plateau: the frames from
+  the one where ``s`` first reaches ``plateau_fraction * max`` until (excluding) the first
+  later frame where ``s`` falls below it again (shrinkage).
+- ``final_diameter_um``: the median of the last ``smoothing_frames`` raw diameters;
+  ``shrinkage_um = max(0, max_diameter_um - final_diameter_um)``: shrinkage after the plateau
+  is reported, never fitted away.
+- ``fit_plateau_diameter_um``, ``fit_time_constant_s``, ``fit_r2``: least-squares fit of
+  ``d(t) = dp (1 - exp(-(t - t0) / tau))`` (``d = 0`` before ``t0``) to the frames up to the
+  end of the plateau, with bounds ``0 < dp <= 3 max``, ``0.05 dt <= tau <= 100 T``,
+  ``t0`` up to 10 frames before the first detection. NaN when there are fewer than
+  ``min_fit_points`` frames or the fit fails. ``fit_r2`` is the coefficient of determination.
+- Flags: ``born_before_start`` (``first_frame == 0``), ``growing_at_end`` (the track reaches
+  the last frame of the movie and a straight line through its last ``end_frames`` diameters
+  rises by more than ``end_rise_fraction`` of ``max_diameter_um``), ``short_track``
+  (``n_frames < min_track_frames``; flagged, never dropped).
+- ``y_um, x_um``: median position of the track (image coordinates in µm, from ``y_um/x_um``
+  columns, else ``y_px/x_px`` times ``pixel_size_um``, else NaN).
+- ``max_intensity_integrated``: maximum of ``intensity_integrated_corrected`` when present,
+  else of ``intensity_integrated``.
+
+A single-frame movie (``n_frames == 1``) gives NaN growth columns and no error.
+"""
 
 from __future__ import annotations
 
+import logging
+import math
+import warnings
 from dataclasses import dataclass
 
+import numpy as np
+import pandas as pd
+from scipy.optimize import OptimizeWarning, curve_fit
+
+from migradetect import schema
+from migradetect.errors import InputError
 from migradetect.params import param
+
+log = logging.getLogger(__name__)
+
+#: Columns of the table fit_tracks returns (schema.TRACKS without experiment/movie/assignment).
+GROWTH_COLUMNS = {
+    c: d for c, d in schema.TRACKS.items()
+    if c not in ("experiment", "movie", "cell_id", "assign_reason")
+}
 
 
 @dataclass(frozen=True)
 class GrowthConfig:
-    plateau_fraction: float = param(0.9, min=0.5, max=1.0)
-    smoothing_frames: int = param(3, min=1, max=21)
+    """Parameters of the growth-curve analysis of migrasome tracks."""
+
+    plateau_fraction: float = param(
+        0.9, min=0.5, max=1.0,
+        help="growth ends when the smoothed diameter first reaches this fraction of its maximum",
+    )
+    smoothing_frames: int = param(
+        3, unit="frames", min=1, max=21,
+        help="window of the centred moving median applied to the diameter before timing",
+    )
+    min_track_frames: int = param(
+        3, unit="frames", min=1, help="tracks with fewer frames are flagged short_track",
+    )
+    min_fit_points: int = param(
+        5, unit="frames", min=4, max=100,
+        help="fewest frames (up to the plateau end) needed for the saturating fit",
+    )
+    end_frames: int = param(
+        4, unit="frames", min=2, max=50,
+        help="frames at the end of a track used to decide whether it is still growing",
+    )
+    end_rise_fraction: float = param(
+        0.05, min=0.0, max=1.0,
+        help="a rise over the last end_frames larger than this fraction of the maximum "
+             "diameter flags growing_at_end",
+    )
+
+
+def _saturating(t: np.ndarray, dp: float, tau: float, t0: float) -> np.ndarray:
+    return dp * (1.0 - np.exp(-np.clip(t - t0, 0.0, None) / tau))
+
+
+def _fit(t: np.ndarray, d: np.ndarray, dt: float, d_max: float) -> tuple[float, float, float]:
+    """Bounded saturating fit; (dp, tau, r2) or NaNs when it fails."""
+    duration = max(float(t[-1] - t[0]), dt)
+    lo = [1e-6, 0.05 * dt, t[0] - 10.0 * dt]
+    hi = [3.0 * max(d_max, 1e-6), 100.0 * duration, t[0]]
+    p0 = [max(d_max, 1e-3), max(duration / 3.0, 0.1 * dt), t[0] - 0.5 * dt]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", OptimizeWarning)
+            popt, _ = curve_fit(_saturating, t, d, p0=p0, bounds=(lo, hi), maxfev=2000)
+    except (RuntimeError, ValueError):
+        return math.nan, math.nan, math.nan
+    resid = d - _saturating(t, *popt)
+    ss_tot = float(np.sum((d - d.mean()) ** 2))
+    r2 = 1.0 - float(np.sum(resid**2)) / ss_tot if ss_tot > 0 else math.nan
+    return float(popt[0]), float(popt[1]), r2
+
+
+def _one_track(
+    g: pd.DataFrame, dt: float, n_frames: int, config: GrowthConfig, pixel_size_um: float | None
+) -> dict:
+    g = g.sort_values("frame", kind="stable")
+    frames = g["frame"].to_numpy(np.int64)
+    d = g["diameter_um"].to_numpy(np.float64)
+    first, last = int(frames[0]), int(frames[-1])
+    n = len(frames)
+    row: dict = {
+        "first_frame": first, "last_frame": last, "n_frames": n,
+        "birth_time_s": first * dt,
+        "born_before_start": first == 0,
+        "short_track": n < config.min_track_frames,
+    }
+    for col, px in (("y_um", "y_px"), ("x_um", "x_px")):
+        if col in g and g[col].notna().any():
+            row[col] = float(g[col].median())
+        elif pixel_size_um is not None and px in g:
+            row[col] = float(g[px].median()) * pixel_size_um
+        else:
+            row[col] = math.nan
+    icol = "intensity_integrated_corrected"
+    if icol not in g or g[icol].isna().all():
+        icol = "intensity_integrated"
+    row["max_intensity_integrated"] = float(g[icol].max()) if icol in g else math.nan
+
+    ok = np.isfinite(d)
+    frames, d = frames[ok], d[ok]
+    nan_cols = ("max_diameter_um", "plateau_diameter_um", "growth_time_s", "fit_r2",
+                "fit_plateau_diameter_um", "fit_time_constant_s", "final_diameter_um",
+                "shrinkage_um")
+    row.update({c: math.nan for c in nan_cols})
+    row["growing_at_end"] = False
+    if n_frames <= 1 or len(d) == 0:
+        return row
+    s = (pd.Series(d).rolling(config.smoothing_frames, center=True, min_periods=1)
+         .median().to_numpy())
+    d_max = float(s.max())
+    level = config.plateau_fraction * d_max
+    i90 = int(np.argmax(s >= level))
+    below = np.nonzero(s[i90:] < level)[0]
+    i_end = i90 + int(below[0]) if len(below) else len(s)  # plateau is s[i90:i_end]
+    row["max_diameter_um"] = d_max
+    row["plateau_diameter_um"] = float(np.median(d[i90:i_end]))
+    final = float(np.median(d[-config.smoothing_frames:]))
+    row["final_diameter_um"] = final
+    row["shrinkage_um"] = max(0.0, d_max - final)
+    t = (frames - first) * dt
+    if len(d) >= 2 and first > 0:
+        if i90 == 0:
+            row["growth_time_s"] = 0.0
+        else:  # interpolate the crossing between the frames i90-1 and i90
+            s0, s1 = s[i90 - 1], s[i90]
+            frac = (level - s0) / (s1 - s0) if s1 > s0 else 1.0
+            row["growth_time_s"] = float(t[i90 - 1] + frac * (t[i90] - t[i90 - 1]))
+    if last == n_frames - 1 and len(d) >= 2:
+        k = min(config.end_frames, len(d))
+        slope = np.polyfit(t[-k:], d[-k:], 1)[0] if t[-1] > t[-k] else 0.0
+        row["growing_at_end"] = bool(slope * (t[-1] - t[-k]) > config.end_rise_fraction * d_max)
+    if i_end >= config.min_fit_points:
+        dp, tau, r2 = _fit(t[:i_end], d[:i_end], dt, d_max)
+        row["fit_plateau_diameter_um"], row["fit_time_constant_s"], row["fit_r2"] = dp, tau, r2
+    return row
+
+
+def fit_tracks(
+    migrasomes: pd.DataFrame,
+    *,
+    frame_interval_s: float,
+    n_frames: int,
+    config: GrowthConfig | None = None,
+    pixel_size_um: float | None = None,
+) -> pd.DataFrame:
+    """Growth table: one row per migrasome track (see the module docstring for definitions).
+
+    Parameters
+    ----------
+    migrasomes
+        Tracked detections, one row per migrasome per frame, with ``track_id``, ``frame``,
+        ``diameter_um`` (µm) and optionally ``intensity_integrated(_corrected)``,
+        ``y_um/x_um`` or ``y_px/x_px``.
+    frame_interval_s
+        Time between frames, s.
+    n_frames
+        Number of frames in the movie (to flag tracks that reach its end).
+    config
+        :class:`GrowthConfig`; defaults when None.
+    pixel_size_um
+        µm per pixel, used for ``y_um/x_um`` only when the table has no µm columns.
+
+    Returns
+    -------
+    DataFrame
+        Columns :data:`GROWTH_COLUMNS` in order, sorted by ``track_id``.
+    """
+    config = config or GrowthConfig()
+    missing = {"track_id", "frame", "diameter_um"} - set(migrasomes.columns)
+    if missing:
+        raise InputError(f"the migrasome table lacks the columns {sorted(missing)}.",
+                         fix="link detections with tracking.link_migrasomes before fit_tracks.")
+    if not frame_interval_s > 0:
+        raise InputError(f"frame_interval_s must be > 0, got {frame_interval_s}.",
+                         fix="give the movie's frame interval in seconds.")
+    if len(migrasomes) == 0:
+        return schema.empty(GROWTH_COLUMNS)
+    rows = []
+    for tid, g in migrasomes.groupby("track_id", sort=True):
+        row = _one_track(g, float(frame_interval_s), int(n_frames), config, pixel_size_um)
+        row["track_id"] = int(tid)
+        rows.append(row)
+    return schema.conform(pd.DataFrame(rows), GROWTH_COLUMNS)

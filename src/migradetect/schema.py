@@ -85,7 +85,7 @@ TRACKS: Schema = {
     "fit_time_constant_s": F64,
     "final_diameter_um": F64,
     "shrinkage_um": F64,
-    "max_intensity_integrated": F64,
+    "intensity_integrated_max": F64,
 }
 
 #: cells.csv: one row per tracked cell.

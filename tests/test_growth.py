@@ -1,0 +1,105 @@
+"""Growth curves: known-answer tests on hand-made tracks."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from migradetect import schema
+from migradetect.errors import InputError
+from migradetect.growth import GROWTH_COLUMNS, GrowthConfig, fit_tracks
+
+DT = 60.0
+
+
+def _track(d, first=5, track_id=0):
+    d = np.asarray(d, float)
+    return pd.DataFrame({
+        "track_id": track_id, "frame": np.arange(first, first + len(d)), "diameter_um": d,
+        "y_px": 10.0, "x_px": 20.0, "intensity_integrated": d**2 * 100,
+    })
+
+
+def test_saturating_exponential_with_noise():
+    rng = np.random.default_rng(3)
+    dp, tau = 1.5, 200.0
+    t = np.arange(40) * DT
+    d = dp * (1 - np.exp(-(t + 20.0) / tau)) + rng.normal(0, 0.02, t.size)
+    out = fit_tracks(_track(d), frame_interval_s=DT, n_frames=100)
+    row = out.iloc[0]
+    assert abs(row.plateau_diameter_um - dp) / dp < 0.05
+    t90 = -tau * math.log(0.1) - 20.0
+    assert abs(row.growth_time_s - t90) <= DT
+    assert abs(row.fit_plateau_diameter_um - dp) / dp < 0.05
+    assert abs(row.fit_time_constant_s - tau) / tau < 0.2
+    assert row.fit_r2 > 0.9
+    assert not row.born_before_start and not row.growing_at_end and not row.short_track
+    assert row.first_frame == 5 and row.last_frame == 44 and row.n_frames == 40
+    assert row.birth_time_s == 5 * DT
+    assert row.y_um is not None and math.isnan(row.y_um)  # no pixel size given
+
+
+def test_logistic_growth_time():
+    t = np.arange(30) * DT
+    dp, k, tm = 2.0, 1 / 120.0, 600.0
+    d = dp / (1 + np.exp(-k * (t - tm)))
+    out = fit_tracks(_track(d), frame_interval_s=DT, n_frames=100, pixel_size_um=0.1)
+    row = out.iloc[0]
+    t90 = tm + math.log(9) / k  # logistic reaches 90 % here
+    assert abs(row.growth_time_s - t90) <= DT
+    assert abs(row.plateau_diameter_um - dp) / dp < 0.05
+    assert row.y_um == pytest.approx(1.0) and row.x_um == pytest.approx(2.0)
+
+
+def test_shrinkage_reported():
+    d = np.concatenate([np.linspace(0.3, 1.6, 6), np.full(10, 1.6), np.linspace(1.5, 1.0, 6)])
+    row = fit_tracks(_track(d), frame_interval_s=DT, n_frames=100).iloc[0]
+    assert row.max_diameter_um == pytest.approx(1.6)
+    assert row.final_diameter_um == pytest.approx(1.1, abs=0.01)
+    assert row.shrinkage_um == pytest.approx(0.5, abs=0.01)
+    assert row.plateau_diameter_um == pytest.approx(1.6)
+
+
+def test_flags():
+    growing = _track(np.linspace(0.3, 1.5, 8), first=0)
+    ending = _track(np.linspace(0.3, 1.5, 8), first=12, track_id=1)
+    short = _track([0.5, 0.6], first=3, track_id=2)
+    out = fit_tracks(pd.concat([growing, ending, short]), frame_interval_s=DT, n_frames=20)
+    assert out.track_id.tolist() == [0, 1, 2]
+    assert out.born_before_start.tolist() == [True, False, False]
+    assert out.growing_at_end.tolist() == [False, True, False]
+    assert out.short_track.tolist() == [False, False, True]
+    assert math.isnan(out.growth_time_s[0])  # birth not observed
+    assert math.isnan(out.fit_r2[2])  # too few points for the fit
+    assert out.max_intensity_integrated[1] == pytest.approx(1.5**2 * 100)
+    schema.check(out, GROWTH_COLUMNS)
+
+
+def test_single_frame_movie():
+    det = pd.DataFrame({"track_id": [0, 1], "frame": [0, 0], "diameter_um": [1.0, 0.8]})
+    out = fit_tracks(det, frame_interval_s=DT, n_frames=1)
+    assert len(out) == 2
+    for col in ("max_diameter_um", "plateau_diameter_um", "growth_time_s", "fit_r2"):
+        assert out[col].isna().all()
+    assert out.born_before_start.all()
+
+
+def test_empty_and_bad_input():
+    out = fit_tracks(schema.empty({"track_id": "int64", "frame": "int64", "diameter_um": "float64"}),
+                     frame_interval_s=DT, n_frames=10)
+    assert len(out) == 0 and list(out.columns) == list(GROWTH_COLUMNS)
+    with pytest.raises(InputError, match="track_id"):
+        fit_tracks(pd.DataFrame({"frame": [0], "diameter_um": [1.0]}), frame_interval_s=DT,
+                   n_frames=10)
+    with pytest.raises(InputError, match="frame_interval_s"):
+        fit_tracks(_track([1.0]), frame_interval_s=0.0, n_frames=10)
+
+
+def test_config_smoothing_changes_nothing_on_clean_curve():
+    d = 1.2 * (1 - np.exp(-np.arange(30) * DT / 150.0))
+    a = fit_tracks(_track(d), frame_interval_s=DT, n_frames=100, config=GrowthConfig(smoothing_frames=1))
+    b = fit_tracks(_track(d), frame_interval_s=DT, n_frames=100, config=GrowthConfig(smoothing_frames=5))
+    assert a.growth_time_s[0] == pytest.approx(b.growth_time_s[0], abs=DT)
