@@ -10,13 +10,21 @@ track_id, cell_id, y_px, x_px, diameter_um`` and, optionally, ``visible`` (only 
 are scored; without the column every row is). A prediction is a migrasomes table of the output
 contract. Label stacks are ``(T, Y, X)`` (or a single ``(Y, X)`` frame) numpy, dask or zarr
 arrays and are read one frame at a time.
+
+Libraries: scipy (Hungarian matching, distance transforms), and traccuracy (a test extra)
+for the standard CTC TRA/DET/LNK and track purity / target effectiveness, fed with our own
+detection matching. The ">= 80 % of visible frames" complete-track score, the identity
+switches, the assignment and growth scores are defined by this project and written here.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import math
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,10 +52,16 @@ def _visible(truth: pd.DataFrame) -> pd.DataFrame:
     """Rows of a truth migrasome table that are visible (all rows without a ``visible`` column)."""
     if "visible" not in truth.columns:
         return truth
-    vis = truth["visible"]
-    if vis.dtype == object or str(vis.dtype).startswith(("str", "string")):
-        vis = vis.astype(str).str.strip().str.lower().isin(("true", "1", "yes"))
-    return truth[vis.fillna(False).astype(bool)]
+    return truth[_as_bool(truth["visible"])]
+
+
+def _as_bool(col: pd.Series) -> np.ndarray:
+    """A boolean column however it was read (bool, 0/1, "True"/"False"); missing is False."""
+    if col.dtype == bool:
+        return col.to_numpy()
+    if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+        return col.fillna(0).to_numpy(float) != 0
+    return col.astype(str).str.strip().str.lower().isin(("true", "1", "1.0", "yes")).to_numpy()
 
 
 def _median(values: Any) -> float:
@@ -369,7 +383,7 @@ def _traccuracy_scores(truth: pd.DataFrame, pred: pd.DataFrame, matches: pd.Data
     except ImportError:  # pragma: no cover - depends on the environment
         log.info("traccuracy is not installed; CTC and track-overlap metrics are skipped")
         return {}
-    if len(truth) == 0 or len(pred) == 0 or len(matches) == 0:
+    if len(truth) == 0 or len(pred) == 0:
         return {}
     t_pos = pd.Series(np.arange(len(truth)) + 1, index=truth.index)
     p_pos = pd.Series(np.arange(len(pred)) + 1, index=pred.index)
@@ -377,7 +391,12 @@ def _traccuracy_scores(truth: pd.DataFrame, pred: pd.DataFrame, matches: pd.Data
                        p_pos.loc[matches["pred_index"]].tolist(), strict=True))
     matched = Matched(_track_graph(truth), _track_graph(pred), mapping,
                       {"name": "migradetect_radius", "matching type": "one-to-one"})
-    ctc = CTCMetrics().compute(matched).results
+    # traccuracy draws tqdm progress bars on stderr and offers no switch; only the CLI may
+    # show progress, so they are swallowed here.
+    with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
+        # LNK is undefined without true links (single frames); it is left out below.
+        warnings.filterwarnings("ignore", message="No edges in the GT graph", category=UserWarning)
+        ctc = CTCMetrics().compute(matched).results
     out = {"ctc_tra": float(ctc["TRA"]), "ctc_det": float(ctc["DET"])}
     if matched.gt_graph.graph.number_of_edges():
         out["ctc_lnk"] = float(ctc["LNK"])
@@ -415,17 +434,18 @@ def assignment_scores(
     truth_tracks, pred_tracks
         Track tables (``track_id, cell_id``; -1 = no cell).
     matching
-        True track -> predicted track (:func:`match_tracks`); rows with ``pred_track_id`` -1
-        are left out of the accuracy.
+        True track -> predicted track (:func:`match_tracks`), one row per true track that was
+        visible at least once (only those are counted per cell); rows with ``pred_track_id``
+        -1 are left out of the accuracy.
     cell_matching
         ``truth_cell_id, pred_cell_id`` pairs; ``None`` means predicted ids are true ids.
 
     Returns
     -------
     dict
-        ``n_matched_tracks``; ``assignment_accuracy`` (fraction of matched true tracks whose
+        ``n_matched_tracks``; ``accuracy`` (fraction of matched true tracks whose
         predicted cell is their true cell; -1 is wrong wherever the truth has a cell and right
-        where it has none); ``assignment_coverage`` (fraction with a predicted cell);
+        where it has none); ``coverage`` (fraction with a predicted cell);
         ``n_cells_with_migrasomes`` (true cells with >= 1 true track); ``count_exact_fraction``
         (of those, fraction whose matched predicted cell has exactly as many tracks) and
         ``count_abs_error_mean`` (tracks per cell).
@@ -442,8 +462,10 @@ def assignment_scores(
         mapped = pc if (to_true is None or pc < 0) else to_true.get(pc, -2)
         correct.append(mapped == true_cell.get(t, -1))
         covered.append(pc >= 0)
-    # Per-cell counts: every true track of a cell against every predicted track of its match.
-    true_counts = truth_tracks.loc[truth_tracks["cell_id"] >= 0, "cell_id"].astype(int).value_counts()
+    # Per-cell counts: the true tracks of a cell that were visible (those listed in
+    # `matching`) against every predicted track of its matched predicted cell.
+    seen = truth_tracks[truth_tracks["track_id"].isin(matching["truth_track_id"])]
+    true_counts = seen.loc[seen["cell_id"] >= 0, "cell_id"].astype(int).value_counts()
     pred_counts = pred_tracks.loc[pred_tracks["cell_id"] >= 0, "cell_id"].astype(int).value_counts()
     to_pred = ({t: t for t in true_counts.index} if to_true is None
                else {t: p for p, t in to_true.items()})
@@ -455,8 +477,8 @@ def assignment_scores(
     errors_a = np.asarray(errors, dtype=float)
     return {
         "n_matched_tracks": float(len(m)),
-        "assignment_accuracy": float(np.mean(correct)) if correct else math.nan,
-        "assignment_coverage": float(np.mean(covered)) if covered else math.nan,
+        "accuracy": float(np.mean(correct)) if correct else math.nan,
+        "coverage": float(np.mean(covered)) if covered else math.nan,
         "n_cells_with_migrasomes": float(len(true_counts)),
         "count_exact_fraction": float(np.mean(errors_a == 0)) if errors else math.nan,
         "count_abs_error_mean": float(np.mean(errors_a)) if errors else math.nan,
@@ -466,10 +488,7 @@ def assignment_scores(
 def _flag(table: pd.DataFrame, name: str) -> np.ndarray:
     if name not in table.columns:
         return np.zeros(len(table), dtype=bool)
-    col = table[name]
-    if col.dtype == bool:
-        return col.to_numpy()
-    return col.astype(str).str.strip().str.lower().isin(("true", "1")).to_numpy()
+    return _as_bool(table[name])
 
 
 def growth_scores(
@@ -642,7 +661,10 @@ def cell_iou(true_labels: Any, pred_labels: Any) -> dict[str, float]:
         ``n_true_cell_frames``.
     """
     ov = _overlaps(true_labels, pred_labels)
-    _, best = _stack_matching(ov)
+    return _iou_summary(ov, _stack_matching(ov)[1])
+
+
+def _iou_summary(ov: dict[str, Any], best: pd.Series) -> dict[str, float]:
     return {
         "cell_iou_mean": float(np.mean(ov["frame_ious"])) if ov["frame_ious"] else math.nan,
         "cell_iou_tracked_mean": float(best.mean()) if len(best) else math.nan,
@@ -799,6 +821,15 @@ def _calibration(truth: Path, result: Path) -> tuple[float, float]:
     return values["pixel_size_um"], math.nan if frame_interval is None else frame_interval
 
 
+#: Columns each table must have to be scored.
+NEEDED_COLUMNS = {
+    "migrasomes.csv": ("frame", "track_id", "y_px", "x_px", "diameter_um"),
+    "tracks.csv": ("track_id", "cell_id", "plateau_diameter_um", "growth_time_s"),
+    "cell_frames.csv": ("frame", "cell_id", "y_px", "x_px"),
+    "drift.csv": ("frame", "dy_px", "dx_px"),
+}
+
+
 def _read_csv(path: Path, *, required: bool = False) -> pd.DataFrame | None:
     if not path.is_file():
         if required:
@@ -806,10 +837,15 @@ def _read_csv(path: Path, *, required: bool = False) -> pd.DataFrame | None:
                              fix="pass a per-movie result folder written by `migradetect run`.")
         return None
     try:
-        return pd.read_csv(path)
+        df = pd.read_csv(path)
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot be read as CSV ({exc}).", path=path,
                          fix="re-create it, or delete it and run again.") from exc
+    missing = [c for c in NEEDED_COLUMNS.get(path.name, ()) if c not in df.columns]
+    if missing:
+        raise InputError(f"lacks the columns {missing}.", path=path,
+                         fix="re-create it with this version of migradetect.")
+    return df
 
 
 def _labels(folder: Path) -> dict[str, Any]:
@@ -842,6 +878,43 @@ def _skip(rows: list, section: str, why: str) -> None:
     rows.append({"metric": section, "value": math.nan, "n": 0, "note": f"skipped: {why}"})
 
 
+def _why_not(t_lab: dict[str, Any], p_lab: dict[str, Any], name: str) -> str | None:
+    """Why two label stacks cannot be compared (None if they can)."""
+    if name not in t_lab or name not in p_lab:
+        return f"labels.zarr/{name} missing in truth or result"
+    if tuple(t_lab[name].shape) != tuple(p_lab[name].shape):
+        return (f"labels.zarr/{name} shapes differ: truth {tuple(t_lab[name].shape)}, "
+                f"result {tuple(p_lab[name].shape)}")
+    return None
+
+
+def _cells_section(
+    rows: list, t_lab: dict[str, Any], p_lab: dict[str, Any], t_cf: pd.DataFrame | None,
+    p_cf: pd.DataFrame | None, *, max_distance_px: float,
+) -> tuple[pd.DataFrame | None, str]:
+    """Add the cell IoU rows; return the cell id matching (None if impossible) and its method.
+
+    Label-stack IoU is preferred; centroid tracks of cell_frames.csv are the fallback, also
+    used when the result's label values are not its tracked cell ids."""
+    cell_matching = None
+    if (why := _why_not(t_lab, p_lab, "cells")) is None:
+        overlaps = _overlaps(t_lab["cells"], p_lab["cells"])
+        cell_matching, best = _stack_matching(overlaps)
+        _add(rows, "cells", _iou_summary(overlaps, best), "n_true_cell_frames",
+             {"cell_iou_tracked_mean": "n_true_cells"})
+        if p_cf is not None and len(cell_matching) and \
+                cell_matching["pred_cell_id"].isin(p_cf["cell_id"]).mean() < 0.5:
+            cell_matching = None
+        else:
+            return cell_matching, "cell ids matched by label IoU"
+    else:
+        _skip(rows, "cells", why)
+    if t_cf is not None and p_cf is not None:
+        return (match_cells_by_centroid(t_cf, p_cf, max_distance_px=max_distance_px),
+                "cell ids matched by centroid tracks")
+    return None, ""
+
+
 def evaluate_dirs(truth_dir: str | Path, result_dir: str | Path) -> pd.DataFrame:
     """Score a per-movie result folder against the simulator's truth.
 
@@ -864,7 +937,8 @@ def evaluate_dirs(truth_dir: str | Path, result_dir: str | Path) -> pd.DataFrame
     truth, result = _truth_folder(Path(truth_dir)), Path(result_dir)
     pixel_size_um, frame_interval_s = _calibration(truth, result)
     t_mig = _visible(_read_csv(truth / "migrasomes.csv", required=True)).reset_index(drop=True)
-    p_mig = _read_csv(result / "migrasomes.csv", required=True)
+    # A result carrying `visible` is the truth itself (a self-check): filter it the same way.
+    p_mig = _visible(_read_csv(result / "migrasomes.csv", required=True)).reset_index(drop=True)
     rows: list[dict] = []
 
     matches = match_detections(t_mig, p_mig, pixel_size_um=pixel_size_um)
@@ -877,30 +951,9 @@ def evaluate_dirs(truth_dir: str | Path, result_dir: str | Path) -> pd.DataFrame
 
     t_lab, p_lab = _labels(truth), _labels(result)
     t_tracks, p_tracks = _read_csv(truth / "tracks.csv"), _read_csv(result / "tracks.csv")
-    t_cf, p_cf = _read_csv(truth / "cell_frames.csv"), _read_csv(result / "cell_frames.csv")
-    cell_matching, how = None, ""
-    if "cells" in t_lab and "cells" in p_lab:
-        overlaps = _overlaps(t_lab["cells"], p_lab["cells"])
-        cell_matching, best = _stack_matching(overlaps)
-        how = "cell ids matched by label IoU"
-        _add(rows, "cells", {
-            "cell_iou_mean": float(np.mean(overlaps["frame_ious"])) if overlaps["frame_ious"]
-            else math.nan,
-            "cell_iou_tracked_mean": float(best.mean()) if len(best) else math.nan,
-            "foreground_iou": _ratio(*overlaps["fg"]),
-            "n_true_cells": float(len(best)), "n_true_cell_frames": float(len(overlaps["frame_ious"])),
-        }, "n_true_cell_frames", {"cell_iou_tracked_mean": "n_true_cells"})
-        # Label values that are not the tracked cell ids (per-frame labels) cannot map ids.
-        if p_cf is not None and len(cell_matching) and \
-                cell_matching["pred_cell_id"].isin(p_cf["cell_id"]).mean() < 0.5:
-            cell_matching = None
-    else:
-        _skip(rows, "cells", "labels.zarr/cells missing in truth or result")
-    if cell_matching is None and t_cf is not None and p_cf is not None:
-        cell_matching = match_cells_by_centroid(
-            t_cf, p_cf, max_distance_px=CELL_MATCH_DISTANCE_UM / pixel_size_um)
-        how = "cell ids matched by centroid tracks"
-
+    cell_matching, how = _cells_section(rows, t_lab, p_lab, _read_csv(truth / "cell_frames.csv"),
+                                        _read_csv(result / "cell_frames.csv"),
+                                        max_distance_px=CELL_MATCH_DISTANCE_UM / pixel_size_um)
     if t_tracks is None or p_tracks is None:
         _skip(rows, "assignment", "tracks.csv missing in truth or result")
         _skip(rows, "growth", "tracks.csv missing in truth or result")
@@ -912,18 +965,20 @@ def evaluate_dirs(truth_dir: str | Path, result_dir: str | Path) -> pd.DataFrame
                                                        cell_matching=cell_matching),
                  "n_matched_tracks", {k: "n_cells_with_migrasomes" for k in
                                       ("count_exact_fraction", "count_abs_error_mean")})
-            rows[-6]["note"] = how
+            for row in rows:
+                if row["metric"] == "assignment.accuracy":
+                    row["note"] = f"{row['note']}; {how}"
         if np.isfinite(frame_interval_s):
             _add(rows, "growth", growth_scores(t_tracks, p_tracks, track_matching,
                                                frame_interval_s=frame_interval_s), "n_used")
         else:
             _skip(rows, "growth", "no frame_interval_s in truth.json or manifest.json")
 
-    if "fibers" in t_lab and "fibers" in p_lab:
+    if (why := _why_not(t_lab, p_lab, "fibers")) is None:
         _add(rows, "fibers", fiber_scores(t_lab["fibers"], p_lab["fibers"]), "n_true_px",
              {"precision": "n_pred_px"})
     else:
-        _skip(rows, "fibers", "labels.zarr/fibers missing in truth or result")
+        _skip(rows, "fibers", why)
 
     t_drift, p_drift = _read_csv(truth / "drift.csv"), _read_csv(result / "drift.csv")
     if t_drift is None or p_drift is None:
