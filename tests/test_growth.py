@@ -74,7 +74,7 @@ def test_flags():
     assert out.short_track.tolist() == [False, False, True]
     assert math.isnan(out.growth_time_s[0])  # birth not observed
     assert math.isnan(out.fit_r2[2])  # too few points for the fit
-    assert out.max_intensity_integrated[1] == pytest.approx(1.5**2 * 100)
+    assert out.intensity_integrated_max[1] == pytest.approx(1.5**2 * 100)
     schema.check(out, GROWTH_COLUMNS)
 
 
@@ -88,8 +88,8 @@ def test_single_frame_movie():
 
 
 def test_empty_and_bad_input():
-    out = fit_tracks(schema.empty({"track_id": "int64", "frame": "int64", "diameter_um": "float64"}),
-                     frame_interval_s=DT, n_frames=10)
+    cols = {"track_id": "int64", "frame": "int64", "diameter_um": "float64"}
+    out = fit_tracks(schema.empty(cols), frame_interval_s=DT, n_frames=10)
     assert len(out) == 0 and list(out.columns) == list(GROWTH_COLUMNS)
     with pytest.raises(InputError, match="track_id"):
         fit_tracks(pd.DataFrame({"frame": [0], "diameter_um": [1.0]}), frame_interval_s=DT,
@@ -100,6 +100,8 @@ def test_empty_and_bad_input():
 
 def test_config_smoothing_changes_nothing_on_clean_curve():
     d = 1.2 * (1 - np.exp(-np.arange(30) * DT / 150.0))
-    a = fit_tracks(_track(d), frame_interval_s=DT, n_frames=100, config=GrowthConfig(smoothing_frames=1))
-    b = fit_tracks(_track(d), frame_interval_s=DT, n_frames=100, config=GrowthConfig(smoothing_frames=5))
+    a = fit_tracks(_track(d), frame_interval_s=DT, n_frames=100,
+                   config=GrowthConfig(smoothing_frames=1))
+    b = fit_tracks(_track(d), frame_interval_s=DT, n_frames=100,
+                   config=GrowthConfig(smoothing_frames=5))
     assert a.growth_time_s[0] == pytest.approx(b.growth_time_s[0], abs=DT)

@@ -31,7 +31,7 @@ centred moving median over ``smoothing_frames`` observed frames, shorter at the 
   (``n_frames < min_track_frames``; flagged, never dropped).
 - ``y_um, x_um``: median position of the track (image coordinates in µm, from ``y_um/x_um``
   columns, else ``y_px/x_px`` times ``pixel_size_um``, else NaN).
-- ``max_intensity_integrated``: maximum of ``intensity_integrated_corrected`` when present,
+- ``intensity_integrated_max``: maximum of ``intensity_integrated_corrected`` when present,
   else of ``intensity_integrated``.
 
 A single-frame movie (``n_frames == 1``) gives NaN growth columns and no error.
@@ -137,7 +137,7 @@ def _one_track(
     icol = "intensity_integrated_corrected"
     if icol not in g or g[icol].isna().all():
         icol = "intensity_integrated"
-    row["max_intensity_integrated"] = float(g[icol].max()) if icol in g else math.nan
+    row["intensity_integrated_max"] = float(g[icol].max()) if icol in g else math.nan
 
     ok = np.isfinite(d)
     frames, d = frames[ok], d[ok]

@@ -1,0 +1,122 @@
+"""Assignment of migrasome tracks to cells on hand-made label stacks with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from migradetect.assign import AssignConfig, assign_tracks
+from migradetect.errors import InputError
+
+PX = 0.5  # µm per pixel
+SHAPE = (80, 160)
+T = 8
+
+
+def _disk(cy, cx, r):
+    yy, xx = np.ogrid[: SHAPE[0], : SHAPE[1]]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r**2
+
+
+def _cells(centres):
+    """centres: {cell_id: [(cy, cx) per frame or None]} -> labels stack and cell_frames."""
+    stack = np.zeros((T, *SHAPE), np.int32)
+    rows = []
+    for cid, path in centres.items():
+        for t, c in enumerate(path):
+            if c is not None:
+                stack[t][_disk(*c, 8)] = cid
+                rows.append((t, cid, float(c[0]), float(c[1])))
+    return stack, pd.DataFrame(rows, columns=["frame", "cell_id", "y_px", "x_px"])
+
+
+def _mig(track_id, y, x, frames):
+    return pd.DataFrame({"track_id": track_id, "frame": list(frames), "y_px": y, "x_px": x})
+
+
+def _run(mig, fibers_tab, fiber_stack, cell_stack, cf, **kw):
+    return assign_tracks(mig, fibers_tab, cf, fiber_labels=fiber_stack, cell_labels=cell_stack,
+                         pixel_size_um=PX, config=AssignConfig(**kw))
+
+
+def test_fiber_at_birth():
+    # cell 3 moves right; a fiber from its rear (x = 20..40 at y = 40) holds migrasome at x = 21
+    cells, cf = _cells({3: [(40, 50 + 3 * t) for t in range(T)]})
+    fib = np.zeros((T, *SHAPE), np.int32)
+    fib[:, 40, 20:42] = 4
+    fibers_tab = pd.DataFrame({"frame": range(T), "fiber_id": 4, "cell_id": 3})
+    out = _run(_mig(0, 40.3, 21.0, range(2, 8)), fibers_tab, fib, cells, cf)
+    assert out.to_dict("list") | {"assign_distance_um": None} == {
+        "track_id": [0], "cell_id": [3], "assign_reason": ["fiber_at_birth"],
+        "assign_distance_um": None}
+    assert out.assign_distance_um[0] == pytest.approx(0.15)
+
+
+def test_broken_fiber_rear_path_and_not_in_view_and_ambiguous():
+    # cell 1 moves right along y = 28 and passes over x = 60 (its rear leaves it at t ~ 4)
+    # cell 2 moves right along y = 54, far from the migrasome of cell 1
+    cells, cf = _cells({1: [(28, 40 + 6 * t) for t in range(T)],
+                        2: [(54, 40 + 6 * t) for t in range(T)]})
+    fib = np.zeros((T, *SHAPE), np.int32)
+    fib[:, 28, 50:66] = 9  # a broken fiber (no cell) under the migrasome
+    fibers_tab = pd.DataFrame({"frame": range(T), "fiber_id": 9, "cell_id": -1})
+    mig = pd.concat([
+        _mig(0, 28.0, 62.0, range(5, 8)),       # born after cell 1's rear passed
+        _mig(1, 5.0, 155.0, range(0, 8)),       # never near any cell
+        _mig(2, 41.0, 60.0, range(6, 8)),       # halfway between the two cells' paths
+    ])
+    out = _run(mig, fibers_tab, fib, cells, cf)
+    got = dict(zip(out.track_id, zip(out.cell_id, out.assign_reason)))
+    assert got[0] == (1, "rear_path")
+    assert got[1] == (-1, "cell_not_in_view")
+    assert got[2] == (-1, "ambiguous")
+    # with a tighter rear distance, the in-between migrasome sees no cell at all
+    out = _run(mig, fibers_tab, fib, cells, cf, rear_distance_um=2.0)
+    assert out.set_index("track_id").assign_reason[2] == "cell_not_in_view"
+
+
+def test_migrasome_ahead_of_cell_is_not_its():
+    cells, cf = _cells({1: [(20, 40 + 4 * t) for t in range(T)]})
+    # at birth (frame 2) the migrasome is just ahead of the cell front: not left behind by it
+    out = _run(_mig(0, 20.0, 60.0, range(2, 5)), None, None, cells, cf, rear_lookback_frames=2)
+    assert (out.cell_id[0], out.assign_reason[0]) == (-1, "ambiguous")
+
+
+def test_drift_moves_lookup():
+    cells, cf = _cells({1: [(20, 40 + 6 * t) for t in range(T)]})
+    drift = pd.DataFrame({"frame": range(T), "dy_px": 0.0, "dx_px": [0, 0, 0, 0, 0, 30, 30, 30.0]})
+    # image position at frames 5..7 is the corrected position + 30 px; corrected x = 62
+    mig = _mig(0, 20.0, 92.0, range(5, 8))
+    cells_shifted = cells.copy()
+    for t in range(5, T):
+        cells_shifted[t] = np.roll(cells[t], 30, axis=1)
+    cf_shifted = cf.assign(x_px=cf.x_px + np.where(cf.frame >= 5, 30.0, 0.0))
+    out = assign_tracks(mig, None, cf_shifted, fiber_labels=None, cell_labels=cells_shifted,
+                        pixel_size_um=PX, drift=drift)
+    assert (out.cell_id[0], out.assign_reason[0]) == (1, "rear_path")
+
+
+def test_empty_and_bad():
+    out = assign_tracks(_mig(0, 1.0, 1.0, []), None, None, fiber_labels=None, cell_labels=None,
+                        pixel_size_um=PX)
+    assert len(out) == 0 and list(out.columns)[:3] == ["track_id", "cell_id", "assign_reason"]
+    with pytest.raises(InputError, match="track_id"):
+        assign_tracks(pd.DataFrame({"frame": [0]}), None, None, fiber_labels=None,
+                      cell_labels=None, pixel_size_um=PX)
+
+
+def test_fiber_attached_before_first_detection():
+    # the fiber under the migrasome belongs to cell 3 until frame 3, then breaks; the
+    # migrasome is first detected at frame 5: it was born on cell 3's fiber
+    cells, cf = _cells({3: [(40, 60 + 6 * t) for t in range(T)],
+                        4: [(10, 150 - 6 * t) for t in range(T)]})
+    fib = np.zeros((T, *SHAPE), np.int32)
+    fib[:, 40, 20:50] = 6
+    fibers_tab = pd.DataFrame({"frame": range(T), "fiber_id": 6,
+                               "cell_id": [3, 3, 3, 3, -1, -1, -1, -1]})
+    out = _run(_mig(0, 40.0, 22.0, range(5, 8)), fibers_tab, fib, cells, cf)
+    assert (out.cell_id[0], out.assign_reason[0]) == (3, "fiber_at_birth")
+    out = _run(_mig(0, 40.0, 22.0, range(5, 8)), fibers_tab, fib, cells, cf,
+               rear_lookback_frames=0, rear_distance_um=1.0)
+    assert (out.cell_id[0], out.assign_reason[0]) == (-1, "cell_not_in_view")
