@@ -8,7 +8,8 @@ The rules (DESIGN.md, "Inputs"):
   files is one movie made of one file per frame.
 - A multi-position OME-TIFF gives one movie per position, named ``<stem>_p<k>``.
 - INPUT is a single movie (a TIFF file or a frame folder): its experiment is the name of the
-  folder it lies in.
+  folder it lies in. A folder of only TIFF files is a frame folder when its files are single
+  2-D planes (else it is an experiment of movie files).
 
 Hidden files and folders (names starting with ``.``) are ignored. Nothing is opened here
 except to count the positions of a file; a file that cannot be read is still listed (as one
@@ -20,6 +21,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+
+import tifffile
 
 from migradetect import io
 from migradetect.errors import InputError
@@ -121,8 +124,31 @@ def _experiment_movies(folder: Path) -> list[Path]:
         elif p.is_dir() and io.is_frame_folder(p):
             movies.append(p)
         else:
-            log.debug("ignoring %s (not a TIFF file or a folder of TIFF frames)", p)
+            log.info("ignoring %s (not a TIFF file or a folder of TIFF frames)", p)
     return movies
+
+
+def _is_single_frame_movie(folder: Path) -> bool:
+    """Whether INPUT ``folder`` is one movie made of frame files, not an experiment of movies.
+
+    Both hold only TIFF files; a frame folder's files are single 2-D planes (at least two of
+    them), while an experiment's movie files hold several planes. Only the TIFF headers
+    are read. A folder of single-frame movies (fixed stains) given as INPUT is
+    read as one movie: give its parent folder as INPUT to analyse them one by one.
+    """
+    if not io.is_frame_folder(folder):
+        return False
+    files = io.find_movie_files(folder)
+    if len(files) < 2:
+        return False
+    for f in files:
+        try:
+            with tifffile.TiffFile(f) as tif:
+                if len(tif.pages) != 1 or tif.pages.first.ndim != 2:
+                    return False
+        except Exception:  # noqa: BLE001 - unreadable: let the open stage report it
+            continue
+    return True
 
 
 def discover(input_path: str | Path) -> list[MovieJob]:
@@ -136,7 +162,8 @@ def discover(input_path: str | Path) -> list[MovieJob]:
     Returns
     -------
     list of MovieJob
-        Sorted by experiment, then by file name; never empty.
+        The movies lying directly in INPUT first, then the experiment folders in name
+        order, each in file-name order; never empty.
 
     Raises
     ------
@@ -151,7 +178,8 @@ def discover(input_path: str | Path) -> list[MovieJob]:
             raise InputError("is not a TIFF file (.tif, .tiff, .ome.tif).", path=root,
                              fix="give a TIFF movie, a folder of frames or a folder of movies.")
         return _movie_jobs(root.parent.name, [root])
-    if io.is_frame_folder(root):
+    if _is_single_frame_movie(root):
+        log.info("%s holds only single-plane TIFF frames: one movie", root)
         return _movie_jobs(root.parent.name, [root])
     jobs: list[MovieJob] = []
     loose = [p for p in _visible(root) if p.is_file() and is_tiff(p)]
