@@ -88,7 +88,7 @@ def qc_figure(results: Results, *, max_panels: int = 3) -> bytes:
         ax.set_title(f"frame {t}: {n_det} migrasomes", fontsize=9)
     name = f"{results.movie.get('experiment', '')}/{results.movie.get('name', '')}"
     fig.suptitle(f"{name}  (cells cyan, fibers yellow, migrasomes red)", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0.0, 0.0, 1.0, 0.94))
     return _png(fig)
 
 

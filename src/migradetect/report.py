@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from migradetect import schema
+from migradetect.across_time import counted_tracks
 from migradetect.errors import OutputError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -46,8 +47,6 @@ MIN_CELL_FRAMES = 3
 
 #: Folder names inside an experiment folder that are never read as movie results.
 IGNORED_FOLDERS = ("curated",)
-
-_PLOT_DPI = 100
 
 
 # ----------------------------------------------------------------------------------------
@@ -321,8 +320,10 @@ def summarize_movie(
     n_cells_with_migrasomes, pct_cells_with_migrasomes
         Counted cells with ``n_migrasomes`` >= 1, and their percentage of ``n_cells``.
     n_migrasomes
-        Migrasome tracks of the movie (rows of ``tracks.csv``) not flagged ``short_track``,
-        assigned to a cell or not: each track is one migrasome.
+        Migrasome tracks of the movie (rows of ``tracks.csv``), assigned to a cell or not,
+        that are not flagged ``short_track`` or span every frame of the movie (so a
+        single-frame movie counts every detection): each track is one migrasome. The same
+        rule gives ``n_migrasomes`` of cells.csv.
     migrasomes_per_cell_mean / _median
         Mean / median of ``n_migrasomes`` over the counted cells.
     migrasome_density_per_mm2
@@ -346,7 +347,7 @@ def summarize_movie(
     n_cells = len(counted)
     per_cell = counted["n_migrasomes"].to_numpy(dtype=float)
     n_with = int(np.count_nonzero(per_cell > 0))
-    n_mig = int(np.count_nonzero(~tracks["short_track"].to_numpy(dtype=bool)))
+    n_mig = int(counted_tracks(tracks, n_frames).sum())
     density = (
         n_mig / (float(image_area_um2) * 1e-6)
         if image_area_um2 is not None and image_area_um2 > 0 else math.nan

@@ -1,0 +1,231 @@
+"""Tests of the output edge: atomic writes, per-movie folders, experiment and run summaries."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import zarr
+
+from migradetect import report, schema
+from migradetect.errors import OutputError
+from migradetect.pipeline import Results
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _no_temp_files(folder: Path) -> None:
+    leftovers = [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
+    assert leftovers == []
+
+
+def _tables(experiment: str, movie: str, *, n_frames: int = 10) -> dict[str, pd.DataFrame]:
+    """Small contract tables with known counts.
+
+    Cells: 1 (3 migrasomes, 2 counted: track 4 is short), 2 (touches the border: not counted),
+    3 (no migrasomes), 4 (seen in 2 frames only: not counted). Tracks 1..5; track 5 unassigned.
+    """
+    fill = {"experiment": experiment, "movie": movie}
+    cells = pd.DataFrame({
+        "cell_id": [1, 2, 3, 4],
+        "first_frame": [0, 0, 0, 5],
+        "last_frame": [9, 9, 9, 6],
+        "n_frames": [10, 10, 10, 2],
+        "touches_border": [False, True, False, False],
+        "path_length_um": [20.0, 10.0, 5.0, 1.0],
+        "n_migrasomes": [2, 4, 0, 1],
+    })
+    tracks = pd.DataFrame({
+        "track_id": [1, 2, 3, 4, 5],
+        "cell_id": [1, 1, 2, 1, -1],
+        "assign_reason": ["fiber_at_birth", "rear_path", "fiber_at_birth", "rear_path",
+                          "cell_not_in_view"],
+        "first_frame": [1, 2, 0, 8, 3],
+        "last_frame": [9, 9, 9, 9, 9],
+        "n_frames": [9, 8, 10, 2, 7],
+        "birth_time_s": [60.0, 120.0, 0.0, 480.0, 180.0],
+        "max_diameter_um": [1.0, 1.5, 2.0, 0.6, 1.2],
+        "plateau_diameter_um": [1.0, 1.4, 2.0, np.nan, 1.2],
+        "growth_time_s": [120.0, 240.0, np.nan, np.nan, 180.0],
+        "born_before_start": [False, False, True, False, False],
+        "growing_at_end": [False, False, False, True, False],
+        "short_track": [False, False, False, True, False],
+    })
+    rows = []
+    for tid, first, last, dmax in zip(tracks["track_id"], tracks["first_frame"],
+                                      tracks["last_frame"], tracks["max_diameter_um"],
+                                      strict=True):
+        for f in range(first, last + 1):
+            rows.append({"frame": f, "time_s": 60.0 * f, "track_id": tid, "y_px": 10.0 + tid,
+                         "x_px": 20.0 + tid, "diameter_um": dmax * min(1.0, (f - first + 1) / 3),
+                         "intensity_integrated": 100.0 + f})
+    mig = pd.DataFrame(rows)
+    cell_frames = pd.DataFrame({"frame": np.arange(n_frames), "cell_id": 1,
+                                "y_px": 30.0, "x_px": 40.0, "area_um2": 300.0})
+    fibers = pd.DataFrame({"frame": [0, 1], "fiber_id": [1, 1], "cell_id": [1, -1],
+                           "length_um": [4.5, 5.0], "n_tips": [2, 2], "n_branch_points": [0, 1]})
+    drift = pd.DataFrame({"frame": np.arange(n_frames), "dy_px": 0.0, "dx_px": 0.0})
+    raw = {"migrasomes.csv": mig, "tracks.csv": tracks, "cells.csv": cells,
+           "cell_frames.csv": cell_frames, "fibers.csv": fibers, "drift.csv": drift}
+    return {name: schema.conform(df, schema.MOVIE_TABLES[name], fill=fill)
+            for name, df in raw.items()}
+
+
+def _results(experiment: str, movie: str, *, n_frames: int = 10, shape=(40, 50),
+             pixel_size_um: float = 0.2) -> Results:
+    group = zarr.open_group(zarr.storage.MemoryStore(), mode="w", zarr_format=3)
+    for name in ("cells", "fibers", "migrasomes"):
+        group.create_array(name, shape=(n_frames, *shape), chunks=(1, *shape), dtype="int32")
+    cells = np.zeros(shape, np.int32)
+    cells[10:20, 10:25] = 1
+    group["cells"][0] = cells
+    meta = {"experiment": experiment, "name": movie, "n_frames": n_frames,
+            "shape_yx": list(shape), "pixel_size_um": pixel_size_um, "frame_interval_s": 60.0}
+    rng = np.random.default_rng(0)
+    images = {t: rng.normal(100, 5, shape).astype(np.float32) for t in (0, n_frames - 1)}
+    return Results(tables=_tables(experiment, movie, n_frames=n_frames), labels_path=None,
+                   manifest={"experiment": experiment, "movie": meta, "started_utc": "now"},
+                   movie=meta, labels=group, qc_images=images)
+
+
+def test_write_csv_is_byte_identical_and_atomic(tmp_path):
+    df = pd.DataFrame({"a": [1, 2], "b": [0.1 + 0.2, np.nan], "c": ["x", ""],
+                       "d": [True, False]})
+    p1 = report.write_csv(df, tmp_path / "one.csv")
+    p2 = report.write_csv(df.copy(), tmp_path / "sub" / "two.csv")
+    assert p1.read_bytes() == p2.read_bytes()
+    assert p1.read_text() == "a,b,c,d\n1,0.3,x,True\n2,,,False\n"
+    report.write_csv(df.iloc[:0], tmp_path / "empty.csv")
+    assert (tmp_path / "empty.csv").read_text() == "a,b,c,d\n"
+    _no_temp_files(tmp_path)
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
+    target = tmp_path / "x.txt"
+    report.atomic_write_text(target, "old")
+
+    def boom(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OutputError, match="x.txt"):
+        report.atomic_write_text(target, "new")
+    monkeypatch.undo()
+    assert target.read_text() == "old"
+    _no_temp_files(tmp_path)
+
+
+def test_atomic_write_json_writes_nan_as_null(tmp_path):
+    path = report.atomic_write_json(tmp_path / "m.json",
+                                    {"a": math.nan, "b": np.float64(1.5), "c": np.int64(3),
+                                     "d": Path("/x"), "e": (1, 2)})
+    assert json.loads(path.read_text()) == {"a": None, "b": 1.5, "c": 3, "d": "/x", "e": [1, 2]}
+
+
+def test_write_failures_header_only_and_rows(tmp_path):
+    report.write_failures([], tmp_path)
+    assert (tmp_path / "failures.csv").read_text() == ",".join(schema.FAILURES) + "\n"
+    report.write_failures([{"experiment": "e", "movie": "m", "path": "/p", "stage": "open",
+                            "error": "InputError", "message": "bad, file"}], tmp_path)
+    back = pd.read_csv(tmp_path / "failures.csv", keep_default_na=False)
+    assert list(back.columns) == list(schema.FAILURES)
+    assert back.loc[0, "message"] == "bad, file"
+
+
+def test_write_movie_results_files_and_columns(tmp_path):
+    res = _results("exp", "m1")
+    folder = report.write_movie_results(res, tmp_path / "exp" / "m1")
+    for name, table in schema.MOVIE_TABLES.items():
+        header = (folder / name).read_text().splitlines()[0]
+        assert header.split(",") == list(table)
+    png = (folder / "qc.png").read_bytes()
+    assert png.startswith(PNG_MAGIC) and len(png) > 1000
+    assert json.loads((folder / "manifest.json").read_text())["experiment"] == "exp"
+    assert report.is_movie_folder(folder)
+    back = report.read_csv(folder / "tracks.csv", schema.TRACKS)
+    schema.check(back, schema.TRACKS)
+    pd.testing.assert_frame_equal(back, res.tables["tracks.csv"], check_exact=False, rtol=1e-5)
+    _no_temp_files(tmp_path)
+
+
+def test_write_movie_results_empty_tables_give_headers(tmp_path):
+    res = _results("exp", "m0", n_frames=1)
+    res.tables = {name: schema.empty(t) for name, t in schema.MOVIE_TABLES.items()}
+    folder = report.write_movie_results(res, tmp_path / "m0")
+    for name, table in schema.MOVIE_TABLES.items():
+        assert (folder / name).read_text() == ",".join(table) + "\n"
+    assert (folder / "qc.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_summarize_movie_known_answer():
+    tables = _tables("exp", "m1")
+    row = report.summarize_movie(tables, experiment="exp", movie="m1", n_frames=10,
+                                 frame_interval_s=60.0, image_area_um2=1000.0 * 500.0)
+    schema.check(row, schema.SUMMARY)
+    r = row.iloc[0]
+    assert r["n_frames"] == 10 and r["duration_s"] == 540.0
+    # counted cells: 1 (2 migrasomes) and 3 (0); cell 2 touches the border, cell 4 is brief
+    assert r["n_cells"] == 2 and r["n_cells_with_migrasomes"] == 1
+    assert r["pct_cells_with_migrasomes"] == 50.0
+    assert r["migrasomes_per_cell_mean"] == 1.0 and r["migrasomes_per_cell_median"] == 1.0
+    # 4 tracks not flagged short, over 0.5 mm^2
+    assert r["n_migrasomes"] == 4
+    assert r["migrasome_density_per_mm2"] == pytest.approx(8.0)
+    # unflagged tracks: 1, 2, 5
+    assert r["plateau_diameter_um_median"] == pytest.approx(1.2)
+    assert r["growth_time_s_median"] == pytest.approx(180.0)
+
+
+def test_summarize_movie_single_frame_counts_every_track():
+    tables = _tables("exp", "m1")
+    tracks = tables["tracks.csv"].assign(n_frames=1, short_track=True)
+    cells = tables["cells.csv"].assign(n_frames=1)
+    row = report.summarize_movie({**tables, "tracks.csv": tracks, "cells.csv": cells},
+                                 experiment="exp", movie="m1", n_frames=1,
+                                 frame_interval_s=None, image_area_um2=1e6).iloc[0]
+    assert row["n_migrasomes"] == 5 and row["duration_s"] == 0.0
+    assert row["n_cells"] == 3  # cells 1, 3, 4: a single frame is enough
+
+
+def test_write_experiment_rebuilds_from_movie_folders(tmp_path):
+    exp = tmp_path / "exp"
+    for movie in ("m2", "m1"):
+        report.write_movie_results(_results("exp", movie), exp / movie)
+    # curated results, a temporary folder and an unfinished folder are ignored
+    report.write_movie_results(_results("exp", "curated"), exp / "curated")
+    report.write_movie_results(_results("exp", "tmp"), exp / ".m3.tmp-123")
+    report.write_movie_results(_results("exp", "m4"), exp / "m4")
+    (exp / "m4" / "manifest.json").unlink()
+    summary = report.write_experiment(exp)
+    assert list(summary["movie"]) == ["m1", "m2"]
+    back = pd.read_csv(exp / "summary.csv")
+    assert list(back.columns) == list(schema.SUMMARY)
+    assert list(back["n_migrasomes"]) == [4, 4]
+    assert back["migrasome_density_per_mm2"].iloc[0] == pytest.approx(4 / (40 * 50 * 0.04e-6))
+    for name in ("migrasomes.csv", "tracks.csv", "cells.csv"):
+        df = report.read_csv(exp / name, schema.MOVIE_TABLES[name])
+        one = _tables("exp", "m1")[name]
+        assert len(df) == 2 * len(one)
+        assert list(df["movie"].unique()) == ["m1", "m2"]
+        assert list(pd.read_csv(exp / name, nrows=0).columns) == list(schema.MOVIE_TABLES[name])
+    for plot in ("growth_curves.png", "migrasomes_per_cell.png"):
+        data = (exp / plot).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 1000
+    run = report.write_run_summary(tmp_path)
+    assert len(run) == 2 and list(run["experiment"]) == ["exp", "exp"]
+    assert list(pd.read_csv(tmp_path / "summary.csv").columns) == list(schema.SUMMARY)
+    _no_temp_files(tmp_path)
+
+
+def test_write_experiment_without_movies_writes_headers(tmp_path):
+    exp = tmp_path / "empty"
+    exp.mkdir()
+    summary = report.write_experiment(exp)
+    assert len(summary) == 0
+    assert (exp / "summary.csv").read_text() == ",".join(schema.SUMMARY) + "\n"
+    assert (exp / "growth_curves.png").read_bytes().startswith(PNG_MAGIC)
