@@ -419,8 +419,6 @@ def test_corpus_bad_movies_fail_alone_good_ones_succeed(tmp_path):
     assert not temp_folders(out)
 
 
-@pytest.mark.xfail(strict=True, reason="the pipeline does not handle NaN pixels yet: "
-                   "RuntimeWarning 'All-NaN slice encountered' in both movies")
 def test_nan_pixels_few_are_tolerated_all_fail_clearly(tmp_path):
     inp, out = tmp_path / "in", tmp_path / "out"
     corpus.build(inp / "e", corpus.NAN_KINDS)

@@ -38,6 +38,9 @@ class MigradetectError(Exception):
         self.stage = stage
         super().__init__(self._message())
 
+    def __reduce__(self):  # keep the fields when pickled to/from dask.distributed workers
+        return (_rebuild, (type(self), self.problem, self.path, self.fix, self.stage))
+
     def _message(self) -> str:
         parts = []
         if self.path is not None:
@@ -46,6 +49,11 @@ class MigradetectError(Exception):
         if self.fix:
             parts.append(f" Fix: {self.fix}")
         return "".join(parts)
+
+
+def _rebuild(cls: type, problem: str, path: str | None, fix: str | None,
+             stage: str | None) -> MigradetectError:
+    return cls(problem, path=path, fix=fix, stage=stage)
 
 
 class InputError(MigradetectError):

@@ -184,13 +184,13 @@ def process_frame(
     """
     from migradetect import cells, fibers, migrasomes, preprocess
 
-    raw = np.asarray(frame)
+    raw = across_time.finite_frame(np.asarray(frame), frame_index)
     corrected, _background = preprocess.subtract_background(
         raw, pixel_size_um=pixel_size_um, config=config.preprocess)
     if cell_frame is None:
         cell_image = raw
     else:
-        cell_image = np.asarray(cell_frame)
+        cell_image = across_time.finite_frame(np.asarray(cell_frame), frame_index)
     cell_labels = np.asarray(
         cells.segment_cells(cell_image, pixel_size_um=pixel_size_um, config=config.cells,
                             marker=config.marker), dtype=np.int32)
@@ -390,7 +390,13 @@ def analyze_movie(
             dask_key_name=f"migradetect-frame-{run_id}-{t}"))
     window = 2 * _n_threads(client)
     with _scheduler(client):
-        per_frame = _compute_windows(tasks, client, window, report)
+        try:
+            per_frame = _compute_windows(tasks, client, window, report)
+        except InputError as exc:  # a per-frame task knows the frame, not the file
+            if exc.path is not None:
+                raise
+            raise InputError(exc.problem, path=movie.path, fix=exc.fix,
+                             stage=exc.stage) from exc
         per_frame.sort(key=lambda r: r[0])
         dets = [r[1] for r in per_frame if len(r[1])]
         no_dets = schema.empty(schema.DETECTIONS).assign(det_index=pd.Series([], dtype="int64"))
