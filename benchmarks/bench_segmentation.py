@@ -1,0 +1,167 @@
+"""Benchmark of background removal, cell and retraction-fiber segmentation on simulated movies.
+
+Usage::
+
+    python benchmarks/bench_segmentation.py [--quick] [--seeds N] [--out PATH]
+
+For both presets (``tspan4_gfp``, ``wga``, each analysed with its shipped preset config) x SNR
+``high``/``medium``/``low`` x sparse/crowded scenes, movies are simulated on MEASURING seeds
+(1000+; the methods were tuned on seeds 0-99 only) and every frame is segmented. Scores:
+
+- fiber centreline recall / precision within 2 px (``evaluate.fiber_scores``) of the predicted
+  skeleton against the simulator's 1-px true centrelines;
+- cell IoU (``evaluate.cell_iou``: per frame, true cells matched one-to-one to predicted
+  labels, mean matched IoU over true cell-frames, 0 for a missed cell);
+- CPU time per 1024 x 1024 frame (``time.process_time`` after a warm-up) of
+  subtract_background + segment_cells + segment_fibers.
+
+Prints a table and writes JSON to ``benchmarks/results/segmentation.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from migradetect.cells import segment_cells
+from migradetect.config import load_config
+from migradetect.evaluate import cell_iou, fiber_scores
+from migradetect.fibers import segment_fibers
+from migradetect.preprocess import subtract_background
+from migradetect.synthetic import simulate
+
+PRESETS = ("tspan4_gfp", "wga")
+SNRS = ("high", "medium", "low")
+TARGETS = {"fiber_recall": 0.9, "fiber_precision": 0.9, "cell_iou": 0.9}
+
+
+def segment_movie(image: np.ndarray, preset: str, pixel_size_um: float):
+    """Cells and fiber skeletons of every frame of a (T, Y, X) movie."""
+    cfg = load_config(preset)
+    cells = np.zeros(image.shape, dtype=np.int32)
+    fibers = np.zeros(image.shape, dtype=np.int32)
+    for t, frame in enumerate(image):
+        cells[t] = segment_cells(frame, pixel_size_um=pixel_size_um, config=cfg.cells,
+                                 marker=cfg.marker)
+        fibers[t], _ = segment_fibers(frame, pixel_size_um=pixel_size_um,
+                                      psf_sigma_um=cfg.optics.psf_sigma, config=cfg.fibers,
+                                      cell_labels=cells[t], frame_index=t)
+    return cells, fibers
+
+
+def score_case(preset: str, snr: str, crowded: bool, seeds: list[int], n_frames: int,
+               size: int) -> dict:
+    hit = {"cells_true": [], "cells_pred": [], "fib_true": [], "fib_pred": []}
+    measured = []
+    for seed in seeds:
+        sim = simulate(preset=preset, seed=seed, size=size, n_frames=n_frames, snr=snr,
+                       crowded=crowded)
+        image = sim.image[:, 0]
+        cells, fibers = segment_movie(image, preset, sim.pixel_size_um)
+        hit["cells_true"].append(sim.cell_labels)
+        hit["cells_pred"].append(cells)
+        hit["fib_true"].append(sim.fiber_labels)
+        hit["fib_pred"].append(fibers)
+        measured.append(sim.params["snr_measured"])
+    fs = fiber_scores(np.concatenate(hit["fib_true"]), np.concatenate(hit["fib_pred"]),
+                      tolerance_px=2.0)
+    ci = cell_iou(np.concatenate(hit["cells_true"]), np.concatenate(hit["cells_pred"]))
+
+    def med(key):
+        vals = [m.get(key) for m in measured if m.get(key) is not None]
+        vals = [v for v in vals if np.isfinite(v)]
+        return float(np.median(vals)) if vals else float("nan")
+
+    return {
+        "preset": preset, "snr": snr, "crowded": crowded, "seeds": seeds,
+        "n_frames": n_frames, "size": size,
+        "fiber_recall": fs["recall"], "fiber_precision": fs["precision"],
+        "fiber_true_px": fs["n_true_px"], "fiber_pred_px": fs["n_pred_px"],
+        "cell_iou": ci["cell_iou_mean"], "cell_foreground_iou": ci["foreground_iou"],
+        "n_true_cell_frames": ci["n_true_cell_frames"],
+        "snr_fibers_measured": med("fibers_all"), "snr_cells_measured": med("cells"),
+    }
+
+
+def time_per_frame(preset: str, seed: int, repeats: int) -> dict:
+    """CPU seconds per 1024 x 1024 frame (after a warm-up frame)."""
+    sim = simulate(preset=preset, seed=seed, size=1024, n_frames=2, snr="medium", n_cells=6)
+    cfg = load_config(preset)
+    px = sim.pixel_size_um
+    frames = sim.image[:, 0]
+
+    def run(frame):
+        t0 = time.process_time()
+        subtract_background(frame, pixel_size_um=px, config=cfg.preprocess)
+        t1 = time.process_time()
+        cells = segment_cells(frame, pixel_size_um=px, config=cfg.cells, marker=cfg.marker)
+        t2 = time.process_time()
+        segment_fibers(frame, pixel_size_um=px, psf_sigma_um=cfg.optics.psf_sigma,
+                       config=cfg.fibers, cell_labels=cells)
+        t3 = time.process_time()
+        return t1 - t0, t2 - t1, t3 - t2
+
+    run(frames[0])  # warm-up (imports, numba compilation inside skan)
+    times = np.array([run(frames[i % len(frames)]) for i in range(repeats)])
+    med = np.median(times, axis=0)
+    return {"preset": preset, "background_s": float(med[0]), "cells_s": float(med[1]),
+            "fibers_s": float(med[2]), "total_s": float(med.sum()), "repeats": repeats}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="1 seed, 2 frames per case")
+    parser.add_argument("--seeds", type=int, default=3, help="measuring seeds per case")
+    parser.add_argument("--first-seed", type=int, default=1000,
+                        help="first seed (>= 1000 to measure; 0-99 only for tuning)")
+    parser.add_argument("--frames", type=int, default=4)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--out", type=Path,
+                        default=Path(__file__).parent / "results" / "segmentation.json")
+    args = parser.parse_args(argv)
+    n_seeds, n_frames = (1, 2) if args.quick else (args.seeds, args.frames)
+    seeds = list(range(args.first_seed, args.first_seed + n_seeds))
+    rows = []
+    for preset in PRESETS:
+        for snr in SNRS:
+            for crowded in (False, True):
+                row = score_case(preset, snr, crowded, seeds, n_frames, args.size)
+                rows.append(row)
+                print(f"{preset:11s} {snr:6s} {'crowded' if crowded else 'sparse':7s} "
+                      f"fiber R {row['fiber_recall']:.3f} P {row['fiber_precision']:.3f}  "
+                      f"cell IoU {row['cell_iou']:.3f}  "
+                      f"(SNR fibers {row['snr_fibers_measured']:.2f}, cells "
+                      f"{row['snr_cells_measured']:.2f})", flush=True)
+    timing = [time_per_frame(p, args.first_seed, 3 if args.quick else 5) for p in PRESETS]
+    print("\nCPU time per 1024x1024 frame (s): background + cells + fibers")
+    for t in timing:
+        print(f"{t['preset']:11s} {t['background_s']:.3f} + {t['cells_s']:.3f} + "
+              f"{t['fibers_s']:.3f} = {t['total_s']:.3f}")
+    misses = [
+        f"{r['preset']}/{r['snr']}/{'crowded' if r['crowded'] else 'sparse'}: {k} "
+        f"{r[k]:.3f} < {v}"
+        for r in rows if r["snr"] in ("high", "medium")
+        for k, v in TARGETS.items() if not (r[k] >= v)
+    ]
+    print("\nmisses against targets (high/medium SNR):" if misses else "\nall targets met")
+    for m in misses:
+        print("  " + m)
+    result = {
+        "benchmark": "segmentation", "quick": args.quick, "seeds": seeds, "frames": n_frames,
+        "size": args.size, "targets": TARGETS, "cases": rows, "timing_1024": timing,
+        "misses": misses, "python": sys.version.split()[0], "machine": platform.machine(),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2, default=float) + "\n", encoding="utf-8")
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
