@@ -1,15 +1,380 @@
-"""Migrasome puncta: multi-scale detection, sub-pixel centre, diameter in µm, intensity."""
+"""Migrasome puncta: multi-scale detection, sub-pixel centre, diameter in µm, intensity.
+
+Method (one frame)
+------------------
+1. **Noise.** Unless given, the noise sigma is estimated per 64 px block as the MAD of a
+   4-neighbour high-pass (robust to sparse structures; follows Poisson noise that varies
+   between background and cell bodies).
+2. **Candidates.** A difference-of-Gaussians scale space (ratio sqrt(2) between scales) covers
+   the blob sizes of migrasomes from ``min_diameter_um`` to ``max_diameter_um``; large scales
+   are computed on a pyramid (downsampled by 2 once the blur allows it), so the cost is about
+   that of a few full-size Gaussian filters. Candidates are scale-space maxima whose DoG
+   response exceeds ``candidate_snr`` times the DoG's own noise (computed from the pixel noise
+   and the kernels, so the threshold is a significance, not counts).
+3. **Blob, not fiber.** Retraction fibers are sub-diffraction lines. Two tests on the shape of
+   the peak (never on the distance to a fiber, since migrasomes sit on fibers):
+   (a) the Hessian of the smoothed image at the detection scale must have two negative
+   eigenvalues of similar size (``isotropy`` = small/large >= ``min_isotropy``; a line has ~0);
+   (b) the "line excess": intensities add, so the share of the peak explained by straight
+   fibers through the candidate is estimated from the fibers' crossings ("spokes") of a circle
+   just outside the object; fiber interiors, tips and crossings explain their whole peak, a
+   vesicle on a fiber does not (see :func:`migradetect._blobfit.line_excess`).
+4. **Centre and diameter.** The centre is refined by a Gaussian-weighted centroid on the frame;
+   the diameter comes from a least-squares fit of a thin spherical shell convolved with the
+   Gaussian PSF to the candidate's azimuthal median profile (see :mod:`migradetect._blobfit`):
+   right for PSF-limited puncta and for large limb-brightened rings alike.
+5. **Duplicates.** Candidates are taken from large to small fitted radius; a candidate whose
+   centre lies inside an accepted object's disk is dropped (a ring gives one detection),
+   while two touching vesicles, each centre outside the other, are both kept.
+"""
 
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
+import pandas as pd
+from scipy import ndimage as ndi
+
+from migradetect import schema
+from migradetect._blobfit import (
+    N_RADII,
+    fit_profiles,
+    line_excess,
+    sample_polar,
+    select_objects,
+    weighted_centroid,
+)
+from migradetect._scalespace import candidates as _candidates
+from migradetect._scalespace import gauss_norm as _gauss_norm
+from migradetect._scalespace import scale_space as _scale_space
+from migradetect.errors import InputError
 from migradetect.params import param
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class MigrasomeConfig:
-    min_diameter_um: float = param(0.4, unit="um", min=0.05, max=10.0)
-    max_diameter_um: float = param(3.5, unit="um", min=0.1, max=20.0)
-    threshold_snr: float = param(3.0, min=0.0, help="peak above background, in noise sigmas")
-    reject_inside_cells: bool = param(True)
+    """Parameters of :func:`detect_migrasomes`."""
+
+    min_diameter_um: float = param(0.4, unit="um", min=0.05, max=10.0,
+                                   help="smallest migrasome diameter searched for")
+    max_diameter_um: float = param(3.5, unit="um", min=0.1, max=20.0,
+                                   help="largest migrasome diameter; larger objects are dropped")
+    threshold_snr: float = param(2.0, min=0.0,
+                                 help="fitted peak above local background, in noise sigmas")
+    candidate_snr: float = param(5.0, min=0.0,
+                                 help="scale-space (DoG) response in units of its own noise sigma")
+    min_isotropy: float = param(0.4, min=0.0, max=1.0,
+                                help="smaller/larger Hessian eigenvalue at the detection scale "
+                                     "(1: round blob, 0: line)")
+    min_line_excess: float = param(0.3, min=0.0, max=1.0,
+                                   help="share of the peak not explained by fibers through it")
+    score_snr_scale: float = param(5.0, min=0.1,
+                                   help="SNR at which the score's SNR term reaches 1 - 1/e")
+    reject_inside_cells: bool = param(True, help="drop puncta inside cell bodies (vesicles)")
+
+    def __post_init__(self) -> None:
+        if self.max_diameter_um <= self.min_diameter_um:
+            raise ValueError("max_diameter_um must be larger than min_diameter_um")
+
+
+_SQRT2 = math.sqrt(2.0)
+_NOISE_BLOCK = 64
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _check_frame(frame: Any) -> np.ndarray:
+    a = np.asarray(frame)
+    if a.ndim != 2:
+        raise InputError(f"detect_migrasomes needs a 2-D (Y, X) frame, got shape {a.shape}.",
+                         fix="pass one frame of one channel (movie.frames(channel)[t]).",
+                         stage="detect")
+    if a.shape[0] < 8 or a.shape[1] < 8:
+        raise InputError(f"frame of shape {a.shape} is too small to search for migrasomes.",
+                         fix="use frames of at least 8 x 8 pixels.", stage="detect")
+    return a.astype(np.float32, copy=False)
+
+
+def noise_map(frame: np.ndarray, *, block: int = _NOISE_BLOCK) -> np.ndarray:
+    """Per-block pixel noise sigma (counts) from the MAD of a 4-neighbour high-pass.
+
+    The high-pass ``f - mean(4 neighbours)`` of white noise has variance 1.25 sigma^2; sparse
+    structures barely move its median absolute value. Returns an array of shape
+    ``(ceil(Y/block), ceil(X/block))``; a block's value applies to its pixels.
+    """
+    f = np.asarray(frame, dtype=np.float32)
+    h = f[1:-1, 1:-1] - 0.25 * (f[:-2, 1:-1] + f[2:, 1:-1] + f[1:-1, :-2] + f[1:-1, 2:])
+    h = np.abs(h[::2, ::2])  # every other pixel: 4x cheaper, still ~1000 samples per block
+    hb = max(block // 2, 1)
+    ny, nx = -(-f.shape[0] // block), -(-f.shape[1] // block)
+    out = np.empty((ny, nx), dtype=np.float64)
+    for by in range(ny):  # at most ~16 x 16 blocks per 1024^2 frame
+        for bx in range(nx):
+            blk = h[by * hb:(by + 1) * hb, bx * hb:(bx + 1) * hb]
+            out[by, bx] = np.median(blk) if blk.size else np.nan
+    if np.isnan(out).any():
+        out[np.isnan(out)] = np.nanmedian(out)
+    out *= 1.4826 / math.sqrt(1.25)
+    floor = max(float(np.median(out)) * 0.05, 1e-6)  # all-flat blocks (saturated, padded)
+    return np.maximum(out, floor)
+
+
+def _lookup(values: Any, y: np.ndarray, x: np.ndarray, shape: tuple[int, int],
+            block: int) -> np.ndarray:
+    """Value of a scalar, a full (Y, X) map or a block map at pixel positions."""
+    if np.ndim(values) == 0:
+        return np.full(len(y), float(values))
+    arr = np.asarray(values)
+    iy = np.clip(np.rint(y).astype(np.int64), 0, shape[0] - 1)
+    ix = np.clip(np.rint(x).astype(np.int64), 0, shape[1] - 1)
+    if arr.shape == shape:
+        return arr[iy, ix].astype(np.float64)
+    return arr[np.minimum(iy // block, arr.shape[0] - 1), np.minimum(ix // block, arr.shape[1] - 1)]
+
+
+def _scales(pixel_size_um: float, psf_sigma_um: float, config: MigrasomeConfig) -> np.ndarray:
+    """Gaussian blurs (full-res px) of the scale space: DoG j sits at ~sigma_j * 2**0.25."""
+    def blob_sigma(d_um: float) -> float:  # std of a shell of diameter d seen through the PSF
+        return math.sqrt((d_um / 2) ** 2 / 3 + psf_sigma_um**2) / pixel_size_um
+
+    s_lo = max(blob_sigma(config.min_diameter_um) / _SQRT2**0.5, 0.6)
+    s_hi = blob_sigma(config.max_diameter_um)
+    n = max(int(math.ceil(math.log(s_hi / s_lo) / math.log(_SQRT2))) + 1, 2)
+    return s_lo * _SQRT2 ** np.arange(n + 1)
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def detect_migrasomes(
+    frame: np.ndarray,
+    *,
+    pixel_size_um: float,
+    psf_sigma_um: float,
+    config: MigrasomeConfig,
+    cell_labels: np.ndarray | None = None,
+    frame_index: int = 0,
+    background: float | np.ndarray | None = None,
+    noise_sigma: float | np.ndarray | None = None,
+) -> pd.DataFrame:
+    """Detect migrasomes in one frame.
+
+    Parameters
+    ----------
+    frame
+        (Y, X) image, camera counts (any real dtype; not modified, not rescaled).
+    pixel_size_um
+        Pixel size (µm).
+    psf_sigma_um
+        Gaussian sigma of the lateral PSF (µm).
+    config
+        Detection parameters.
+    cell_labels
+        (Y, X) cell body labels (> 0 inside a cell); sets ``inside_cell`` and, with
+        ``config.reject_inside_cells``, drops those puncta.
+    frame_index
+        Value of the ``frame`` column.
+    background
+        Smooth background (counts; scalar or (Y, X)) to subtract first; ``None``: the local
+        background comes from each object's profile fit only.
+    noise_sigma
+        Pixel noise sigma (counts; scalar or (Y, X)); ``None``: estimated per 64 px block.
+
+    Returns
+    -------
+    DataFrame
+        :data:`migradetect.schema.DETECTIONS`. ``background`` is the local level under the
+        object (given background + fitted offset of the radial profile, counts);
+        ``intensity_integrated`` is the sum of ``frame - background`` over the pixels whose
+        centre lies within ``diameter_um / 2 + 2 psf_sigma_um`` of the centre (the object's
+        disk dilated by two PSF sigmas), ``intensity_mean`` its mean over those pixels;
+        ``peak_snr`` is the fitted model peak above background over the local noise sigma;
+        ``score`` = ``(1 - exp(-peak_snr / score_snr_scale)) * line_excess * sqrt(isotropy)``,
+        in [0, 1] and increasing with each term.
+    """
+    img = _check_frame(frame)
+    if not (pixel_size_um > 0 and psf_sigma_um > 0):
+        raise InputError(f"pixel_size_um={pixel_size_um} and psf_sigma_um={psf_sigma_um} must be > 0.",
+                         fix="check the movie calibration and the optics section of the preset.",
+                         stage="detect")
+    if cell_labels is not None and np.shape(cell_labels) != img.shape:
+        raise InputError(f"cell_labels shape {np.shape(cell_labels)} differs from the frame's {img.shape}.",
+                         fix="pass the cell labels of the same frame.", stage="detect")
+    shape = img.shape
+    if background is not None:
+        img = img - np.asarray(background, dtype=np.float32)
+    if noise_sigma is None:
+        noise: Any = noise_map(img)
+    else:
+        noise = np.asarray(noise_sigma, dtype=np.float64)
+    noise_min = float(np.min(noise)) if np.size(noise) else 1.0
+    if not np.isfinite(noise_min) or noise_min <= 0:
+        noise_min = max(float(np.nanmax(noise)) if np.size(noise) else 0.0, 1e-6)
+
+    sigmas = _scales(pixel_size_um, psf_sigma_um, config)
+    levels = _scale_space(img, sigmas)
+    cand = _candidates(levels, noise_min, config.candidate_snr)
+    dlev = cand.pop("_dlev")
+    n0 = len(cand["y"])
+    nz = _lookup(noise, cand["y"], cand["x"], shape, _NOISE_BLOCK)
+    keep = (cand["resp"] >= config.candidate_snr * nz) & (cand["iso"] >= config.min_isotropy)
+    cand = {k: v[keep] for k, v in cand.items()}
+    nz = nz[keep]
+    n = len(cand["y"])
+    logger.debug("frame %d: %d scale-space maxima, %d blob-like", frame_index, n0, n)
+    if n == 0:
+        return schema.empty(schema.DETECTIONS)
+
+    psf_px = math.sqrt((psf_sigma_um / pixel_size_um) ** 2 + 1.0 / 12.0)
+    det_sigma = np.array([math.sqrt(lv.sigma * levels[i].sigma) for i, lv in enumerate(dlev)])
+    s_det = det_sigma[cand["j"]]  # blob sigma of the detection scale (full-res px)
+    r_guess = np.sqrt(3.0 * np.maximum(s_det**2 - psf_px**2, 0.0))
+    r_win = 1.6 * r_guess + 4.0 * psf_px + 2.0
+    r_table = float(1.6 * math.sqrt(3.0) * det_sigma.max() + 4.0 * psf_px + 3.0)
+    frac = np.linspace(0.0, 1.0, N_RADII)
+    radii = r_win[:, None] * frac[None, :]
+
+    # local baseline at the initial centre, then the centre, then the profile fit
+    prof0 = np.median(sample_polar(img, cand["y"], cand["x"], radii), axis=2)
+    base0 = np.median(prof0[:, -N_RADII // 4:], axis=1)
+    cy, cx = weighted_centroid(img, cand["y"], cand["x"], np.maximum(s_det, psf_px), base0)
+    prof = np.median(sample_polar(img, cy, cx, radii), axis=2)
+    weights = np.minimum(1.0 + 2 * np.pi * radii, 32.0)
+    fit = fit_profiles(prof, radii, weights, psf_px, r_table)
+    radius = fit["radius_px"]
+
+    # line excess on the smoothed image of the detection scale
+    excess = np.zeros(n)
+    for jj in np.unique(cand["j"]):
+        sel = np.flatnonzero(cand["j"] == jj)
+        lev = dlev[jj]
+        width = math.sqrt(lev.sigma**2 + psf_px**2)
+        rc = radius[sel] + 3.0 * width
+        ly, lx = (cy[sel] - lev.o) / lev.f, (cx[sel] - lev.o) / lev.f
+        rings = sample_polar(lev.g, ly, lx, np.stack([rc, rc + 2.0 * width], axis=1) / lev.f)
+        # a fiber crosses both circles in (about) the same direction, a neighbouring vesicle
+        # only the inner one: keep what is on both
+        outer = rings[:, 1, :]
+        outer = np.maximum(np.maximum(outer, np.roll(outer, 1, axis=1)), np.roll(outer, -1, axis=1))
+        circle = np.minimum(rings[:, 0, :], outer)
+        centre = ndi.map_coordinates(lev.g, [ly, lx], order=1, mode="nearest")
+        g_noise = nz[sel] * _gauss_norm(lev.sigma)  # ||g_sigma||_2 times pixel noise
+        # a fiber's spoke is ~2.4 widths (FWHM) wide; allow 2x for angle and noise
+        spacing = 2 * np.pi * rc / circle.shape[1]
+        excess[sel] = line_excess(circle, centre, g_noise, 2 * 2.4 * width / spacing + 1)
+
+    peak_snr = fit["peak"] / nz
+    max_r = config.max_diameter_um / 2 / pixel_size_um
+    ok = ((peak_snr >= config.threshold_snr) & (fit["amplitude"] > 0)
+          & (excess >= config.min_line_excess) & (radius <= 1.15 * max_r)
+          & (cy >= 0) & (cx >= 0) & (cy <= shape[0] - 1) & (cx <= shape[1] - 1))
+    idx = np.flatnonzero(ok)
+    if idx.size == 0:
+        return schema.empty(schema.DETECTIONS)
+
+    sel = idx[select_objects(cy[idx], cx[idx], radius[idx], peak_snr[idx], cand["iso"][idx],
+                              psf_px)]
+
+    cy, cx, radius = cy[sel], cx[sel], radius[sel]
+    if cell_labels is not None:
+        lab = np.asarray(cell_labels)
+        inside = lab[np.clip(np.rint(cy).astype(int), 0, shape[0] - 1),
+                     np.clip(np.rint(cx).astype(int), 0, shape[1] - 1)] > 0
+    else:
+        inside = np.zeros(len(sel), bool)
+    bg_fit = fit["offset"][sel]
+    bg_given = _lookup(background, cy, cx, shape, 1) if background is not None else 0.0
+    integ, mean = _disk_sums(img, cy, cx, radius + 2.0 * psf_sigma_um / pixel_size_um, bg_fit)
+    snr_term = 1.0 - np.exp(-peak_snr[sel] / config.score_snr_scale)
+    score = np.clip(snr_term * excess[sel] * np.sqrt(cand["iso"][sel]), 0.0, 1.0)
+    df = pd.DataFrame({
+        "frame": np.full(len(sel), int(frame_index), dtype=np.int64),
+        "y_px": cy, "x_px": cx,
+        "diameter_um": 2.0 * radius * pixel_size_um,
+        "intensity_mean": mean, "intensity_integrated": integ,
+        "background": bg_fit + bg_given,
+        "score": score, "peak_snr": peak_snr[sel], "inside_cell": inside,
+    })
+    if config.reject_inside_cells:
+        df = df[~df["inside_cell"]]
+    df = df.sort_values(["y_px", "x_px"], kind="stable")
+    return schema.conform(df, schema.DETECTIONS)
+
+
+def _disk_sums(img: np.ndarray, cy: np.ndarray, cx: np.ndarray, rad: np.ndarray,
+               level: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sum and mean of ``img - level`` over pixels whose centre is within ``rad`` (px)."""
+    integ = np.zeros(len(cy))
+    mean = np.zeros(len(cy))
+    for i in range(len(cy)):  # one small window per detection
+        r = max(float(rad[i]), 0.5)
+        y0, y1 = max(int(math.floor(cy[i] - r)), 0), min(int(math.ceil(cy[i] + r)) + 1, img.shape[0])
+        x0, x1 = max(int(math.floor(cx[i] - r)), 0), min(int(math.ceil(cx[i] + r)) + 1, img.shape[1])
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        m = (yy - cy[i]) ** 2 + (xx - cx[i]) ** 2 <= r * r
+        vals = img[y0:y1, x0:x1][m].astype(np.float64) - level[i]
+        if vals.size:
+            integ[i] = vals.sum()
+            mean[i] = vals.mean()
+    return integ, mean
+
+
+def render_labels(detections: pd.DataFrame, shape: tuple[int, int], pixel_size_um: float) -> np.ndarray:
+    """Label image of detection disks (label = row position + 1), for ``labels.zarr``.
+
+    Each detection is a disk of radius ``diameter_um / 2`` (at least one pixel) around
+    ``(y_px, x_px)``; later rows are drawn over earlier ones where disks overlap.
+    """
+    from skimage.draw import disk
+
+    out = np.zeros(tuple(int(s) for s in shape), dtype=np.int32)
+    if len(detections) == 0:
+        return out
+    ys = detections["y_px"].to_numpy(float)
+    xs = detections["x_px"].to_numpy(float)
+    rs = np.nan_to_num(detections["diameter_um"].to_numpy(float), nan=0.0) / 2 / float(pixel_size_um)
+    for i, (y, x, r) in enumerate(zip(ys, xs, rs)):
+        rr, cc = disk((y, x), max(r, 1.0), shape=out.shape)
+        out[rr, cc] = i + 1
+    return out
+
+
+def detect_stack(
+    stack: Any,
+    *,
+    pixel_size_um: float,
+    psf_sigma_um: float,
+    config: MigrasomeConfig,
+    cell_labels: Any = None,
+    scheduler: str | None = None,
+) -> pd.DataFrame:
+    """Detect migrasomes in every frame of a (T, Y, X) numpy or dask stack.
+
+    One dask task per frame (``dask.delayed``), computed with ``scheduler`` (``None``: dask's
+    default or the active distributed client); ``frame`` is the index along T.
+    """
+    import dask
+
+    if np.ndim(stack) != 3:
+        raise InputError(f"detect_stack needs a (T, Y, X) stack, got {np.ndim(stack)} dimensions.",
+                         fix="select one channel: movie.frames(channel).", stage="detect")
+    task = dask.delayed(detect_migrasomes, pure=True)
+    tasks = [
+        task(stack[t], pixel_size_um=pixel_size_um, psf_sigma_um=psf_sigma_um, config=config,
+             cell_labels=None if cell_labels is None else cell_labels[t], frame_index=t)
+        for t in range(stack.shape[0])
+    ]
+    if not tasks:
+        return schema.empty(schema.DETECTIONS)
+    tables = dask.compute(*tasks, scheduler=scheduler)
+    tables = [t for t in tables if len(t)]
+    if not tables:
+        return schema.empty(schema.DETECTIONS)
+    return schema.conform(pd.concat(tables, ignore_index=True), schema.DETECTIONS)
