@@ -363,3 +363,33 @@ def test_empty_scene_gives_empty_tables_with_columns(tmp_path):
     write_simulation(s, tmp_path / "empty", fmt="plain")
     meta = load_truth(tmp_path / "empty")["meta"]
     assert meta["snr"]["migrasomes_all"] is None  # no NaN in the JSON
+
+
+def test_crowded_migrasomes_never_overlap_but_some_touch():
+    """Two coexisting vesicles are >= the sum of their maximum radii apart; pairs touch."""
+    s = simulate(preset="tspan4_gfp", seed=SEED, crowded=True, **{**SMALL, "n_frames": 8})
+    mig = s.truth["migrasomes"]
+    r_max = s.truth["tracks"].set_index("track_id")["d_max_um"] / 2
+    worst, touching = np.inf, 0
+    for _, g in mig.groupby("frame"):
+        if len(g) < 2:
+            continue
+        yx = g[["y_px", "x_px"]].to_numpy() * s.pixel_size_um
+        r = r_max.loc[g["track_id"]].to_numpy()
+        d = np.hypot(*(yx[:, None, :] - yx[None, :, :]).transpose(2, 0, 1))
+        ratio = d / (r[:, None] + r[None, :])
+        np.fill_diagonal(ratio, np.inf)
+        worst = min(worst, float(ratio.min()))
+        touching += int((ratio <= 1.3).sum()) // 2
+    assert len(r_max) >= 10
+    assert worst >= 1.0 - 1e-6
+    assert touching >= 1
+
+
+def test_detectable_rows_are_visible_bright_and_large_enough(sim):
+    mig = sim.truth["migrasomes"]
+    assert mig["detectable"].dtype == bool
+    rule = mig["visible"] & (mig["snr"] >= 2.0) & (mig["diameter_um"] >= 0.3)
+    assert (mig["detectable"] == rule).all()
+    # a just-born vesicle is visible but not detectable; grown ones are detectable
+    assert (mig["visible"] & ~mig["detectable"]).any() and mig["detectable"].any()

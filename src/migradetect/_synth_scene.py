@@ -21,6 +21,10 @@ Model in short
 * Migrasomes are born, while their fiber is attached, at fiber tips (adhesions), branch tips,
   branch points and crossings, and are anchored there; each follows one of several growth
   laws (saturating exponential, logistic, growth then shrinkage, growth then rupture).
+* Two migrasomes that exist at the same time are never closer than the sum of their maximum
+  radii (they may touch at full size, never overlap); one that would be born where another
+  already sits is not born. Pairs (frequent in crowded mode) touch: their centres are
+  1.0-1.3x the sum of the maximum radii apart.
 """
 
 from __future__ import annotations
@@ -284,6 +288,30 @@ def _new_migrasome(rng, track_id, cell_id, pos, t0, site, law, shell_um, marker)
     return m
 
 
+def _lifetime(mg: Migrasome) -> tuple[float, float]:
+    """(birth, end) of a migrasome in min; only a rupture ends one before the movie does."""
+    return mg.t0, (mg.t_change if mg.law == "rupture" else math.inf)
+
+
+def _has_room(mg: Migrasome, others: list[Migrasome]) -> bool:
+    """Whether ``mg`` is at least the sum of the two maximum radii (``d_max / 2``) away from
+    every migrasome in ``others`` whose lifetime overlaps its own.
+
+    Two vesicles cannot occupy the same place: they may touch at full size, never overlap.
+    Checked at placement against every migrasome placed so far (also those later dropped
+    because their fiber broke first, which only makes the rule stricter).
+    """
+    if not others:
+        return True
+    born, end = _lifetime(mg)
+    life = np.array([_lifetime(o) for o in others])
+    pos = np.array([o.pos for o in others])
+    d_max = np.array([o.d_max for o in others])
+    together = (life[:, 0] < end) & (born < life[:, 1])
+    gap = np.hypot(*(pos - mg.pos).T)
+    return bool(np.all(~together | (gap >= (d_max + mg.d_max) / 2 - 1e-9)))
+
+
 def _crossings(p: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All proper crossings among segments ``p[k]-q[k]`` (each (n, 2)).
 
@@ -326,15 +354,22 @@ def build_scene(rng: np.random.Generator, *, extent_um: np.ndarray, n_cells: int
         law = laws[len(migrasomes)] if len(migrasomes) < len(laws) else str(
             rng.choice(GROWTH_LAWS, p=[0.45, 0.3, 0.15, 0.1]))
         mg = _new_migrasome(rng, len(migrasomes) + 1, cell_id, pos, t0, site, law, shell_um, marker)
-        migrasomes.append(mg)
-        parent[id(mg)] = fiber
+        partner = None
         if rng.uniform() < p_pair:
             law2 = str(rng.choice(GROWTH_LAWS, p=[0.45, 0.3, 0.15, 0.1]))
             t_pair = t0 + rng.uniform(-1, 2)
-            partner = _new_migrasome(rng, len(migrasomes) + 1, cell_id, pos, t_pair, "pair", law2,
+            partner = _new_migrasome(rng, len(migrasomes) + 2, cell_id, pos, t_pair, "pair", law2,
                                      shell_um, marker)
-            gap = (mg.d_max + partner.d_max) / 2 * rng.uniform(1.0, 1.35)
+            # touching at full size: centre distance 1.0-1.3x the sum of the maximum radii
+            gap = (mg.d_max + partner.d_max) / 2 * rng.uniform(1.0, 1.3)
             partner.pos = mg.pos + gap * direction
+        # The random numbers are drawn before the checks, so that a migrasome left out does
+        # not change the rest of the scene.
+        if not _has_room(mg, migrasomes):
+            return  # a vesicle already sits there: no second one in the same place
+        migrasomes.append(mg)
+        parent[id(mg)] = fiber
+        if partner is not None and _has_room(partner, migrasomes):
             migrasomes.append(partner)
             parent[id(partner)] = fiber
 

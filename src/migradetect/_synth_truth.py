@@ -3,6 +3,13 @@
 Private helper of :mod:`migradetect.synthetic`. Coordinates ``y_px, x_px`` are image pixels
 (0-based pixel centres) *including* stage drift; ``*_drift_corrected`` columns subtract the
 drift (they are the frame-0 image coordinates of anchored objects).
+
+Each migrasome row is ``visible`` when its centre is in the field of view (rows exist only
+while the diameter is > 0) and ``detectable`` when it is visible, its peak SNR is at least
+:data:`DETECTABLE_MIN_SNR` and its diameter at least :data:`DETECTABLE_MIN_DIAMETER_UM`.
+Scoring treats visible but undetectable rows as "don't care" (neither a miss nor, when
+found, a false positive): rows start at birth, and a just-born vesicle is a
+sub-resolution point whose peak is below the noise, which no detector can find.
 """
 
 from __future__ import annotations
@@ -12,9 +19,17 @@ import pandas as pd
 
 from migradetect._synth_scene import Scene
 
+#: Below ~2 sigma of the noise a punctum cannot be told from noise at a useful false-positive
+#: rate (a 2-sigma threshold already passes ~2 % of background pixels).
+DETECTABLE_MIN_SNR = 2.0
+#: Below 0.3 µm (about half the PSF's FWHM) a vesicle is a sub-resolution point: its size
+#: cannot be measured and its brightness falls with its membrane area (~d²).
+DETECTABLE_MIN_DIAMETER_UM = 0.3
+
 _MIG_COLS = ["frame", "time_s", "track_id", "cell_id", "y_px", "x_px", "y_um", "x_um",
-             "diameter_um", "intensity_mean", "visible", "snr", "y_px_drift_corrected",
-             "x_px_drift_corrected", "plateau_diameter_um", "growth_law", "site"]
+             "diameter_um", "intensity_mean", "visible", "snr", "detectable",
+             "y_px_drift_corrected", "x_px_drift_corrected", "plateau_diameter_um", "growth_law",
+             "site"]
 _TRACK_COLS = ["track_id", "cell_id", "assign_reason", "first_frame", "last_frame", "n_frames",
                "birth_time_s", "max_diameter_um", "plateau_diameter_um", "growth_time_s",
                "born_before_start", "growing_at_end", "growth_law", "rupture_frame", "y_um", "x_um",
@@ -54,6 +69,8 @@ def truth_tables(scene: Scene, records: dict, shift: np.ndarray, shape: tuple[in
             "y_px": r["y_px"], "x_px": r["x_px"], "y_um": r["y_px"] * px, "x_um": r["x_px"] * px,
             "diameter_um": r["diameter_um"], "intensity_mean": r["intensity_mean"],
             "visible": bool(in_view(r["y_px"], r["x_px"])), "snr": r["snr"],
+            "detectable": bool(in_view(r["y_px"], r["x_px"]) and r["snr"] >= DETECTABLE_MIN_SNR
+                               and r["diameter_um"] >= DETECTABLE_MIN_DIAMETER_UM),
             "y_px_drift_corrected": r["y_px"] - shift[f, 0],
             "x_px_drift_corrected": r["x_px"] - shift[f, 1],
             "plateau_diameter_um": summary[m.track_id][0], "growth_law": m.law, "site": m.site,
@@ -137,7 +154,7 @@ def truth_tables(scene: Scene, records: dict, shift: np.ndarray, shape: tuple[in
 
 _INT = {"frame", "track_id", "cell_id", "first_frame", "last_frame", "n_frames", "n_migrasomes",
         "fiber_id", "n_tips", "n_branch_points", "rupture_frame", "punctum_id"}
-_BOOL = {"visible", "born_before_start", "growing_at_end", "touches_border"}
+_BOOL = {"visible", "detectable", "born_before_start", "growing_at_end", "touches_border"}
 _STR = {"assign_reason", "growth_law", "site"}
 
 

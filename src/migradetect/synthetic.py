@@ -21,6 +21,11 @@ target; fibers, cells and puncta follow from the marker's labelling (TSPAN4-GFP 
 4-12x dimmer than a 1 µm migrasome, WGA fibers 2-4x). The SNR actually reached is measured
 and written to the truth (``truth.json`` and a ``snr`` column per object row).
 
+Truth migrasome rows start at birth. ``visible``: the centre is in the field of view (and the
+diameter > 0); ``detectable``: visible, SNR >= 2 and diameter >= 0.3 µm (see
+``_synth_truth``); :mod:`migradetect.evaluate` scores visible but undetectable rows as
+"don't care".
+
 Implementation: ``_synth_scene`` (dynamics, dish coordinates), ``_synth_optics`` (PSF and
 blurred object profiles), ``_synth_render`` (frames and truth labels), ``_synth_camera``
 (drift, illumination, bleaching, noise), ``_synth_truth`` (tables), ``_synth_io`` (files).
