@@ -103,6 +103,52 @@ def test_invisible_truth_is_ignored_and_empty_prediction():
     assert t["complete_tracks"] == 0.0 and t["n_pred_tracks"] == 0
 
 
+def test_dont_care_truth_is_neither_missed_nor_a_false_positive():
+    truth = _points([(0, 0, -1, 10, 10, 1.0), (0, 1, -1, 30, 30, 0.2), (0, 2, -1, 50, 50, 0.2),
+                     (0, 3, -1, 70, 70, 0.2)])
+    truth["visible"] = [True, True, True, False]
+    truth["detectable"] = [True, False, False, False]  # 1, 2: too small/dim; 3: out of view
+    pred = _points([(0, -1, -1, 10, 11, 1.0),  # tp
+                    (0, -1, -1, 31, 30, 0.2),  # on don't-care row 1: ignored
+                    (0, -1, -1, 70, 70, 0.2),  # on an invisible row: a false positive
+                    (0, -1, -1, 90, 90, 0.5)])  # on nothing: a false positive
+    m = ev.match_detections(truth, pred, pixel_size_um=PX)
+    assert list(m["truth_index"]) == [0] and list(m["pred_index"]) == [0]
+    assert list(ev.ignored_predictions(truth, pred, m, pixel_size_um=PX)) == [1]
+    s = ev.detection_scores(truth, pred, pixel_size_um=PX)
+    # the missed don't-care row 2 is no false negative
+    assert (s["n_truth"], s["n_pred"], s["n_ignored"], s["tp"], s["fp"], s["fn"]) == (
+        1, 4, 1, 1, 2, 0)
+    assert s["precision"] == pytest.approx(1 / 3) and s["recall"] == 1.0
+    # a prediction on a don't-care row is ignored even when a detectable row is nearby: the
+    # detectable row takes its one match first
+    truth2 = _points([(0, 0, -1, 10, 10, 0.2), (0, 1, -1, 10, 12, 0.2)])
+    truth2["detectable"] = [False, True]
+    pred2 = _points([(0, -1, -1, 10, 11, 0.2), (0, -1, -1, 10, 10, 0.2)])
+    s2 = ev.detection_scores(truth2, pred2, pixel_size_um=PX)
+    assert (s2["tp"], s2["fp"], s2["fn"], s2["n_ignored"]) == (1, 0, 0, 1)
+    # without a detectable column every visible row counts
+    s3 = ev.detection_scores(truth.drop(columns="detectable"), pred, pixel_size_um=PX)
+    assert (s3["n_truth"], s3["tp"], s3["fn"], s3["n_ignored"]) == (3, 2, 1, 0)
+
+
+def test_complete_tracks_count_detectable_frames_only():
+    # 10 visible frames, the first 4 undetectable (just born); found on the 6 detectable ones
+    truth = _points([(t, 7, 1, 20.0, 20.0, 0.2 if t < 4 else 1.0) for t in range(10)])
+    truth["visible"] = True
+    truth["detectable"] = [t >= 4 for t in range(10)]
+    pred = _points([(t, 1, 1, 20.2, 20.0, 1.0) for t in range(4, 10)])
+    tm = ev.match_tracks(truth, pred, ev.match_detections(truth, pred, pixel_size_um=PX))
+    assert list(tm["n_visible_frames"]) == [6] and list(tm["n_frames_in_pred_track"]) == [6]
+    s = ev.tracking_scores(truth, pred, pixel_size_um=PX)
+    assert s["complete_tracks"] == 1.0 and s["id_switches"] == 0
+    assert s["n_true_tracks"] == 1 and s["ctc_det"] == pytest.approx(1.0)
+    # a track never detectable is not asked for
+    never = truth.assign(track_id=8, detectable=False, x_px=40.0)
+    s = ev.tracking_scores(pd.concat([truth, never], ignore_index=True), pred, pixel_size_um=PX)
+    assert s["n_true_tracks"] == 1 and s["complete_tracks"] == 1.0
+
+
 # --------------------------------------------------------------------------- tracking
 
 
@@ -350,6 +396,12 @@ def test_evaluate_dirs_end_to_end(folders):
     # 15 visible true detections, one missed
     assert v["detection.tp"] == 14 and v["detection.fn"] == 1 and v["detection.fp"] == 0
     assert v["detection.recall"] == pytest.approx(14 / 15)
+    # in the specified range (>= 0.5 µm): track 0's frame 0 (0.4 µm) is don't care, and the
+    # prediction there (0.4 µm) is out of range
+    assert v["detection.n_truth_ge_0p5um"] == 14 and v["detection.tp_ge_0p5um"] == 13
+    assert v["detection.fn_ge_0p5um"] == 1 and v["detection.fp_ge_0p5um"] == 0
+    assert v["detection.f1_ge_0p5um"] == pytest.approx(26 / 27)
+    assert v["detection.n_ignored"] == 0
     # track 0 split 4/2 of 6 frames: incomplete, 1 switch; tracks 1 (5/6) and 2 complete
     assert v["tracking.complete_tracks"] == pytest.approx(2 / 3)
     assert v["tracking.id_switches"] == 1
