@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from migradetect import io
+from migradetect import _tiffplanes, io
 from migradetect.errors import InputError
 from migradetect.io import (
     count_positions,
@@ -352,14 +352,14 @@ def test_open_reads_no_pixels_and_one_task_per_frame(tmp_path: Path, monkeypatch
     path = tmp_path / "lazy.ome.tif"
     tifffile.imwrite(path, data, ome=True, photometric="minisblack",
                      metadata={"axes": "TCZYX", "PhysicalSizeX": 0.2, "TimeIncrement": 30})
-    reads: list[io._Plane] = []
-    real = io._read_plane
+    reads: list[_tiffplanes._Plane] = []
+    real = _tiffplanes._read_plane
 
-    def counting(plane: io._Plane) -> np.ndarray:
+    def counting(plane: _tiffplanes._Plane) -> np.ndarray:
         reads.append(plane)
         return real(plane)
 
-    monkeypatch.setattr(io, "_read_plane", counting)
+    monkeypatch.setattr(_tiffplanes, "_read_plane", counting)
     movie = open_movie(path)
     assert reads == []
     graph = dict(movie.data.__dask_graph__())
