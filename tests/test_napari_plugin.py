@@ -139,7 +139,7 @@ def small_movie_viewer(make_napari_viewer):
     from migradetect_napari._sample_data import simulated_movie_layers
 
     viewer = make_napari_viewer()
-    add_layers(viewer, simulated_movie_layers("tspan4_gfp", size=112, n_frames=5, seed=3,
+    add_layers(viewer, simulated_movie_layers("tspan4_gfp", size=160, n_frames=5, seed=3,
                                               n_cells=1))
     return viewer
 
