@@ -257,15 +257,22 @@ class RunWidget(Container):
         return dataclasses.replace(config, channels=dataclasses.replace(
             config.channels, migrasome=0, cell=cell))
 
-    # ------------------------------------------------------------------ preview
-    def preview(self) -> pipeline.FrameOutput | None:
-        """Cells, fibers and migrasomes of the current frame only, as preview layers."""
+    def _movie_and_config(self) -> tuple[Any, Any] | None:
+        """The movie and its run config, or None with the error shown in the status line."""
         try:
             movie = self.movie()
-            config = self._run_config(movie)
+            return movie, self._run_config(movie)
         except MigradetectError as exc:
             self.status.value = str(exc)
             return None
+
+    # ------------------------------------------------------------------ preview
+    def preview(self) -> pipeline.FrameOutput | None:
+        """Cells, fibers and migrasomes of the current frame only, as preview layers."""
+        prepared = self._movie_and_config()
+        if prepared is None:
+            return None
+        movie, config = prepared
         t = int(self.viewer.dims.current_step[0]) if movie.n_frames > 1 else 0
         t = min(max(t, 0), movie.n_frames - 1)
         frame = np.asarray(movie.data[t, 0, 0])
@@ -293,12 +300,10 @@ class RunWidget(Container):
     # ------------------------------------------------------------------ run
     def run(self) -> Any:
         """Analyse the whole movie in a thread worker; results are added as layers."""
-        try:
-            movie = self.movie()
-            config = self._run_config(movie)
-        except MigradetectError as exc:
-            self.status.value = str(exc)
+        prepared = self._movie_and_config()
+        if prepared is None:
             return None
+        movie, config = prepared
         out = str(self.out_dir.value or "")
         movie_dir = (Path(out) / str(self.experiment.value) / movie.name
                      if out not in ("", ".") else None)

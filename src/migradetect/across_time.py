@@ -18,8 +18,7 @@ import dask
 import numpy as np
 import pandas as pd
 
-from migradetect import schema
-from migradetect.errors import InputError
+from migradetect import preprocess, schema
 from migradetect.config import Config
 
 log = logging.getLogger(__name__)
@@ -36,35 +35,12 @@ def zero_drift(n_frames: int) -> pd.DataFrame:
                          "dx_px": np.zeros(n_frames)})
 
 
-def finite_frame(raw: np.ndarray, frame_index: int) -> np.ndarray:
-    """``raw`` with non-finite pixels (NaN/inf in float movies) set to the frame's median.
-
-    A few NaN pixels (dead pixels, stitching seams, masked regions) must not stop a movie;
-    the median of the finite pixels is a background-like value that creates no structure. A
-    frame with no finite pixel cannot be analysed and is an InputError.
-    """
-    if raw.dtype.kind != "f":
-        return raw
-    finite = np.isfinite(raw)
-    if finite.all():
-        return raw
-    if not finite.any():
-        raise InputError(
-            f"frame {frame_index} has no finite pixel value (all NaN or infinite).",
-            fix="check how the movie was exported (a float movie must hold numbers, not "
-                "NaN); remove it from the batch if it is empty.",
-            stage="analyze")
-    log.info("frame %d: %d non-finite pixels set to the frame median", frame_index,
-             int((~finite).sum()))
-    return np.where(finite, raw, np.median(raw[finite])).astype(raw.dtype)
-
-
 def _pair_task(prev: np.ndarray, cur: np.ndarray, cells: Any, t: int, pixel_size_um: float,
                config: Any) -> tuple[float, float, float]:
     """Shift of frame ``t`` relative to frame ``t - 1``, cells (from the label stack) masked."""
     from migradetect import drift as drift_mod
 
-    prev, cur = finite_frame(np.asarray(prev), t - 1), finite_frame(np.asarray(cur), t)
+    prev, cur = preprocess.finite_frame(np.asarray(prev), t - 1), preprocess.finite_frame(np.asarray(cur), t)
     if np.ptp(prev) == 0 or np.ptp(cur) == 0:
         return 0.0, 0.0, 0.0  # a blank frame has nothing to register: no shift, no quality
     return drift_mod.register_pair(prev, cur,

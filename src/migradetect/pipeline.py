@@ -184,13 +184,13 @@ def process_frame(
     """
     from migradetect import cells, fibers, migrasomes, preprocess
 
-    raw = across_time.finite_frame(np.asarray(frame), frame_index)
+    raw = preprocess.finite_frame(np.asarray(frame), frame_index)
     corrected, _background = preprocess.subtract_background(
         raw, pixel_size_um=pixel_size_um, config=config.preprocess)
     if cell_frame is None:
         cell_image = raw
     else:
-        cell_image = across_time.finite_frame(np.asarray(cell_frame), frame_index)
+        cell_image = preprocess.finite_frame(np.asarray(cell_frame), frame_index)
     cell_labels = np.asarray(
         cells.segment_cells(cell_image, pixel_size_um=pixel_size_um, config=config.cells,
                             marker=config.marker), dtype=np.int32)

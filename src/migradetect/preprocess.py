@@ -304,3 +304,26 @@ def bleach_factors(stats_per_frame: Sequence[Mapping[str, float]] | pd.DataFrame
         smooth = smooth.ffill().bfill().to_numpy()
         return smooth[0] / smooth
     raise ValueError(f"unknown bleaching model {model!r}; use 'exponential' or 'ratio'.")
+
+
+def finite_frame(raw: np.ndarray, frame_index: int) -> np.ndarray:
+    """``raw`` with non-finite pixels (NaN/inf in float movies) set to the frame's median.
+
+    A few NaN pixels (dead pixels, stitching seams, masked regions) must not stop a movie;
+    the median of the finite pixels is a background-like value that creates no structure. A
+    frame with no finite pixel cannot be analysed and is an InputError.
+    """
+    if raw.dtype.kind != "f":
+        return raw
+    finite = np.isfinite(raw)
+    if finite.all():
+        return raw
+    if not finite.any():
+        raise InputError(
+            f"frame {frame_index} has no finite pixel value (all NaN or infinite).",
+            fix="check how the movie was exported (a float movie must hold numbers, not "
+                "NaN); remove it from the batch if it is empty.",
+            stage="analyze")
+    logger.info("frame %d: %d non-finite pixels set to the frame median", frame_index,
+             int((~finite).sum()))
+    return np.where(finite, raw, np.median(raw[finite])).astype(raw.dtype)
