@@ -198,7 +198,7 @@ def fit_profiles(profiles: np.ndarray, r: np.ndarray, weights: np.ndarray, psf_p
 
 
 def line_excess(circle: np.ndarray, centre: np.ndarray, noise: np.ndarray,
-                max_width: np.ndarray) -> np.ndarray:
+                max_width: np.ndarray, *, explained: np.ndarray | None = None) -> np.ndarray:
     """Fraction of a candidate's peak that straight fibers through it do not explain.
 
     Parameters
@@ -212,6 +212,9 @@ def line_excess(circle: np.ndarray, centre: np.ndarray, noise: np.ndarray,
     max_width
         (n,) widest spoke (in circle samples, at half its height) that can be a fiber: fibers
         are thinner than the PSF, so wider bumps are neighbouring vesicles or cells, ignored.
+    explained
+        (n, A) optional mask of circle samples already explained by another object (a
+        touching vesicle): they take part in no spoke.
 
     Returns
     -------
@@ -228,9 +231,15 @@ def line_excess(circle: np.ndarray, centre: np.ndarray, noise: np.ndarray,
     crossing keeps its own peak. Spokes lower than 3 noise sigmas are ignored.
     """
     n, a = circle.shape
-    base = np.percentile(circle, 25, axis=1)
+    if explained is None or not explained.any():
+        base = np.percentile(circle, 25, axis=1)
+    else:  # the base from the samples no neighbour covers (all of them if none is free)
+        free = np.where(explained.all(axis=1, keepdims=True), True, ~explained)
+        base = np.nanpercentile(np.where(free, circle, np.nan), 25, axis=1)
     height = centre - base
     v = circle - base[:, None]
+    if explained is not None:
+        v = np.where(explained, np.minimum(v, 0.0), v)
     prev = np.roll(v, 1, axis=1)
     nxt = np.roll(v, -1, axis=1)
     is_max = (v >= prev) & (v > nxt) & (v > 3.0 * noise[:, None])
