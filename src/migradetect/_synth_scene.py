@@ -269,7 +269,46 @@ def _place_cells(rng, n_cells, extent, mid_index, t, h) -> list[Cell]:
         dmin = min(gaps, default=1e9)
         if best is None or dmin > best[0]:
             best = (dmin, pts)
-    return [_make_cell(rng, i + 1, t, h, (mid_index, best[1][i])) for i in range(n_cells)]
+    cells = [_make_cell(rng, i + 1, t, h, (mid_index, best[1][i])) for i in range(n_cells)]
+    _contact_inhibition(cells, mid_index)
+    return cells
+
+
+def _mean_radius(cell: Cell) -> float:
+    """Mean centre-to-edge distance (µm) of a cell's outline."""
+    return float(np.mean(cell.radius(np.linspace(-np.pi, np.pi, 72, endpoint=False), 0.0)))
+
+
+def _contact_inhibition(cells: list[Cell], start: int) -> None:
+    """Keep cells from crawling over each other (contact inhibition of locomotion).
+
+    Cultured migrating cells do not pile up: on contact they stop and turn away. Two cells
+    whose centres come closer than the sum of their mean radii are pushed apart along the
+    line between them, and the push carries on to the rest of their paths (forwards from the
+    middle frame, where the cells were spread over the field, and backwards before it). The
+    walks were drawn before, so no random numbers are used here and the other parts of a seed's
+    scene stay as they were. Cells may still touch at their tails; their bodies stay apart.
+    """
+    if len(cells) < 2:
+        return
+    need = np.array([_mean_radius(c) for c in cells])
+    n = len(cells[0].t)
+    for order in (range(start + 1, n), range(start - 1, -1, -1)):
+        step = 1 if order.step > 0 else -1
+        for i in order:
+            for a in range(len(cells)):
+                for b in range(a + 1, len(cells)):
+                    ca, cb = cells[a].centre, cells[b].centre
+                    d = ca[i] - cb[i]
+                    dist = float(np.hypot(d[0], d[1]))
+                    gap = need[a] + need[b] - dist
+                    if gap <= 0:
+                        continue
+                    u = d / dist if dist > 1e-9 else np.array([1.0, 0.0])
+                    push = 0.5 * gap * u
+                    sl = slice(i, None) if step > 0 else slice(0, i + 1)
+                    ca[sl] += push
+                    cb[sl] -= push
 
 
 def _new_migrasome(rng, track_id, cell_id, pos, t0, site, law, shell_um, marker) -> Migrasome:
