@@ -79,8 +79,29 @@ def test_y_fiber_has_three_tips_and_one_branch_point():
     nodes = fiber_tips_and_junctions(labels, merge_distance_px=5)
     bp = nodes[nodes["kind"] == "branch_point"]
     assert len(bp) == 1
-    assert abs(bp["y_px"].iloc[0] - 100) < 4 and abs(bp["x_px"].iloc[0] - 120) < 4
+    # within junction_merge_um (0.5 µm = 5 px, about the optical resolution): the skeleton's
+    # junction sits a few pixels into the fork, where the two arms' images still overlap
+    assert abs(bp["y_px"].iloc[0] - 100) <= 5 and abs(bp["x_px"].iloc[0] - 120) <= 5
     assert (nodes["kind"] == "tip").sum() == 3
+
+
+def test_faint_line_below_per_pixel_detection_is_found_by_integrating_along_it():
+    # peak 1.5 noise sigmas per pixel: a per-pixel threshold cannot see it, the oriented
+    # filter (averaging along ~1 µm on a 0.3 µm grid) gains sqrt(length / width) in SNR
+    for seed in range(3):
+        frame = draw((160, 300), [((80, 40), (80, 260)), ((20, 40), (140, 240))],
+                     amp=7.5, seed=10 + seed)
+        labels, table = run(frame)
+        assert len(table) >= 1
+        on_lines = np.zeros(frame.shape, bool)
+        on_lines[80, 40:261] = True
+        yy = np.round(np.linspace(20, 140, 400)).astype(int)
+        xx = np.round(np.linspace(40, 240, 400)).astype(int)
+        on_lines[yy, xx] = True
+        near = ndi.distance_transform_edt(~on_lines) <= 2
+        assert near[labels > 0].mean() > 0.85  # precision (a few pixels past the ends)
+        found = ndi.distance_transform_edt(labels == 0)[on_lines] <= 2
+        assert found.mean() > 0.8  # recall along both lines (22 + 23 µm)
 
 
 def test_x_crossing_has_four_tips_and_one_branch_point():

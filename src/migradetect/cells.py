@@ -55,7 +55,8 @@ class CellConfig:
 
     smoothing_um: float = param(1.0, unit="um", min=0.0, max=20.0,
                                 help="Gaussian smoothing of the coarse image that finds cells")
-    min_area_um2: float = param(80.0, unit="um2", min=0.0, help="smallest cell area kept")
+    min_area_um2: float = param(40.0, unit="um2", min=0.0,
+                                help="smallest cell area kept (a rounded cell 7 µm across)")
     split_touching: bool = param(True, help="split touching cells (distance-transform watershed)")
     min_cell_distance_um: float = param(8.0, unit="um", min=0.5, max=200.0,
                                         help="smallest distance between two cell centres")
@@ -98,10 +99,54 @@ class CellConfig:
         help="a coarse pixel whose local signal is more than this fraction in narrow bright "
              "objects is not cell body (fans of fibers and migrasomes behind a cell)",
     )
+    open_radius_um: float = param(
+        2.0, unit="um", min=0.0, max=20.0,
+        help="radius of the disk that opens the cell masks: attachments narrower than twice "
+             "this (fans of retraction fibers and migrasomes behind a cell, 1-3 µm) are cut; "
+             "cell bodies are 15-40 µm across",
+    )
     coarse_pixel_um: float = param(0.6, unit="um", min=0.05, max=5.0,
                                    help="pixel size of the coarse grid that finds cells")
     fine_pixel_um: float = param(0.3, unit="um", min=0.05, max=2.0,
                                  help="pixel size of the grid that places cell edges")
+
+
+def _coarse_factor(pixel_size_um: float, config: CellConfig) -> int:
+    """Block factor of the coarse grid."""
+    return max(1, int(round(config.coarse_pixel_um / pixel_size_um)))
+
+
+def _fast_block_mean(frame: np.ndarray, k: int) -> np.ndarray:
+    """:func:`preprocess.block_mean` (same result) as ``k * k`` strided adds (several times
+    faster for the small factors of the fine grid)."""
+    if k <= 1 or k > 4:
+        return block_mean(frame, k)
+    ny, nx = frame.shape
+    py, px = (-ny) % k, (-nx) % k
+    if py or px:
+        frame = np.pad(frame, ((0, py), (0, px)), mode="edge")
+    out = frame[::k, ::k].astype(np.float32)
+    for i in range(k):
+        for j in range(k):
+            if i or j:
+                out += frame[i::k, j::k]
+    out *= np.float32(1.0 / (k * k))
+    return out
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """:func:`scipy.ndimage.binary_fill_holes` (4-connected background, as there) by one
+    labelling of the background: every background component not touching the border is a
+    hole (much faster than the iterative propagation for large frames)."""
+    mask = np.asarray(mask, dtype=bool)
+    bg, n = ndi.label(~mask)
+    if n == 0:
+        return mask.copy()
+    outside = np.zeros(n + 1, dtype=bool)
+    for edge in (bg[0], bg[-1], bg[:, 0], bg[:, -1]):
+        outside[edge] = True
+    outside[0] = True  # label 0 is the mask itself
+    return mask | ~outside[bg]
 
 
 def _odd(n: float) -> int:
@@ -215,12 +260,16 @@ def _seeds(dist: np.ndarray, comp: np.ndarray, min_distance_px: float,
 
 
 def _split(mask_labels: np.ndarray, n: int, min_distance_px: float,
-           depth_px: float) -> np.ndarray:
-    """Split touching cells of each component by a watershed of its distance transform."""
+           depth_px: float, min_area_px: float = 0.0) -> np.ndarray:
+    """Split touching cells of each component by a watershed of its distance transform.
+
+    Components smaller than twice ``min_area_px`` cannot hold two cells and are skipped
+    (most components of a frame are small bits that are rejected later)."""
     out = mask_labels.copy()
     next_id = n + 1
+    area = np.bincount(mask_labels.ravel(), minlength=n + 1)
     for i, sl in enumerate(ndi.find_objects(mask_labels), start=1):
-        if sl is None:
+        if sl is None or area[i] < 2.0 * min_area_px:
             continue
         sl = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in sl)
         comp = mask_labels[sl] == i
@@ -239,19 +288,21 @@ def _split(mask_labels: np.ndarray, n: int, min_distance_px: float,
 
 
 def coarse_cells(frame: np.ndarray, *, pixel_size_um: float, config: CellConfig,
-                 marker: str = "tspan4_gfp",
-                 noise: float | None = None) -> tuple[np.ndarray, int, np.ndarray]:
+                 marker: str = "tspan4_gfp", noise: float | None = None,
+                 small: np.ndarray | None = None) -> tuple[np.ndarray, int, np.ndarray]:
     """Cells on the coarse grid: ``(labels int32, factor, background)`` (coarse arrays).
 
-    ``noise``: the frame's pixel noise sigma (default :func:`preprocess.noise_sigma`).
+    ``noise``: the frame's pixel noise sigma (default :func:`preprocess.noise_sigma`);
+    ``small``: the frame's block means on the coarse grid, if already computed.
     """
     if marker not in MARKERS:
         raise ConfigError(f"unknown marker {marker!r}.", fix=f"use one of {list(MARKERS)}.")
     frame = np.asarray(_check_frame(frame), dtype=np.float32)
     px = _check_pixel_size(pixel_size_um)
-    factor = max(1, int(round(config.coarse_pixel_um / px)))
+    factor = _coarse_factor(px, config)
     cpx = px * factor
-    small = block_mean(frame, factor)
+    if small is None:
+        small = block_mean(frame, factor)
     size = _odd(config.punctum_size_um / cpx)
     sigma = config.smoothing_um / cpx
     smooth = _broad(small, size, sigma)
@@ -264,7 +315,7 @@ def coarse_cells(frame: np.ndarray, *, pixel_size_um: float, config: CellConfig,
     plane = _plane(smooth, low)
     bg = _mesh_background(smooth - plane, max(4, int(round(12.0 / cpx)))) + plane
     for _ in range(2):
-        cells = ndi.binary_fill_holes(smooth - bg > config.threshold_sigmas * noise)
+        cells = _fill_holes(smooth - bg > config.threshold_sigmas * noise)
         bg = _local_background(smooth, ndi.binary_dilation(cells, iterations=2), 5.0 / cpx)
     # drop pixels whose local signal is mostly in narrow bright objects (fans of fibers
     # and migrasomes behind a cell), then fill holes (nuclei, WGA interiors)
@@ -272,13 +323,13 @@ def coarse_cells(frame: np.ndarray, *, pixel_size_um: float, config: CellConfig,
     narrow = np.maximum(linear - smooth, 0)
     above = smooth - bg > config.threshold_sigmas * noise
     above &= narrow <= config.max_narrow_fraction * np.maximum(linear - bg, 1e-6)
-    cells = ndi.binary_fill_holes(above)
+    cells = _fill_holes(above)
     labels, n = ndi.label(cells)
     if n == 0:
         return labels.astype(np.int32), factor, bg
     if config.split_touching:
         labels = _split(labels, n, config.min_cell_distance_um / cpx,
-                        config.split_depth_um / cpx)
+                        config.split_depth_um / cpx, config.min_area_um2 / (cpx * cpx))
         n = int(labels.max())
     # reject small objects and objects whose signal is mostly in narrow bright things
     # (after splitting, so that a cell touching a cluster of migrasomes survives)
@@ -322,18 +373,22 @@ def segment_cells(frame: np.ndarray, *, pixel_size_um: float, config: CellConfig
     """
     frame = np.asarray(_check_frame(frame), dtype=np.float32)
     px = _check_pixel_size(pixel_size_um)
-    pixel_noise = noise_sigma(frame)
-    coarse, factor, _ = coarse_cells(frame, pixel_size_um=px, config=config, marker=marker,
-                                     noise=pixel_noise)
-    out = np.zeros(frame.shape, dtype=np.int32)
-    if coarse.max() == 0:
-        return out
+    factor = _coarse_factor(px, config)
     fine_f = max(1, min(factor, int(round(config.fine_pixel_um / px))))
     ratio = max(1, factor // fine_f)
     fine_f = factor // ratio  # so that the coarse grid is a whole number of fine blocks
     fpx = px * fine_f
+    # block means once: fine grid from the frame, coarse grid from the fine one; the pixel
+    # noise from the fine blocks (white noise: their sigma times the block side)
+    fine_raw = _fast_block_mean(frame, fine_f)
+    small = block_mean(fine_raw, ratio)
+    pixel_noise = noise_sigma(fine_raw) * fine_f if fine_f > 1 else noise_sigma(frame)
+    coarse, factor, _ = coarse_cells(frame, pixel_size_um=px, config=config, marker=marker,
+                                     noise=pixel_noise, small=small)
+    out = np.zeros(frame.shape, dtype=np.int32)
+    if coarse.max() == 0:
+        return out
     # background of the linear (unopened) image, from the pixels outside the coarse cells
-    small = block_mean(frame, factor)
     bg = _local_background(ndi.gaussian_filter(small, 1.0, mode="nearest"),
                            ndi.binary_dilation(coarse > 0, iterations=2), 5.0 / (px * factor))
     # each cell's interior level above background: median inside the eroded coarse cell
@@ -348,7 +403,7 @@ def segment_cells(frame: np.ndarray, *, pixel_size_um: float, config: CellConfig
     target = config.edge_fraction * float(np.median(level)) / 4.0
     need = pixel_noise / (fine_f * 2.0 * np.sqrt(np.pi) * max(target, 1e-9))
     sigma_f = float(np.clip(need, config.edge_smoothing_um / fpx, 2.0 / fpx))
-    fine = ndi.gaussian_filter(block_mean(frame, fine_f), sigma_f, mode="nearest")
+    fine = ndi.gaussian_filter(fine_raw, sigma_f, mode="nearest")
     fshape = fine.shape
     bg_f = upsample(bg, ratio, fshape)
     # candidate region: each coarse cell grown by 2 coarse pixels (edges can lie outside it)
@@ -365,14 +420,21 @@ def segment_cells(frame: np.ndarray, *, pixel_size_um: float, config: CellConfig
     thr = np.zeros(len(ids) + 1, dtype=np.float32)
     thr[1:] = config.edge_fraction * np.maximum(level, 0)
     mask = (fine - bg_f > thr[lab_f]) & (lab_f > 0)
-    mask = ndi.binary_fill_holes(mask)
-    # cut thin attachments narrower than ~1 µm (retraction fibers); for a membrane stain
-    # (WGA: fibers and migrasomes as bright as the cell) the fans behind a cell are cut
-    # by a 2 µm disk (cell bodies are 15-40 µm wide; measured on tuning seeds)
-    r_open = int(round((2.0 if marker == "wga" else 0.5) / fpx))
-    if r_open >= 1:
-        mask = ndi.binary_opening(mask, structure=disk(r_open))
+    mask = _fill_holes(mask)
+    # cut attachments narrower than 2 open_radius_um (fans of fibers and migrasomes behind
+    # a cell; cell bodies are 15-40 µm wide: a disk of that radius fits anywhere in a
+    # cell), on the coarse grid (cheap for a disk this size); the opened mask, grown by one
+    # coarse pixel, only cuts: the edges stay where the fine grid placed them
+    r_open = config.open_radius_um / (fpx * ratio)
+    if r_open >= 0.5:
+        cmask = block_mean(mask.astype(np.float32), ratio) >= 0.5 if ratio > 1 else mask
+        cmask = ndi.binary_opening(cmask, structure=disk(max(1, int(round(r_open)))))
+        cmask = ndi.binary_dilation(cmask, structure=np.ones((3, 3), bool))
+        mask &= upsample(cmask, ratio, fshape, order=0)
     lab_f = np.where(mask, lab_f, 0)
+    if marker == "wga":
+        lab_f = _to_rim_crest(lab_f, fine - bg_f, int(np.ceil(_RIM_SEARCH_UM / fpx)))
+        mask = lab_f > 0
     # keep, per cell, only pixels connected to its coarse core (drops nearby debris)
     comp, nc = ndi.label(mask)
     core = upsample(coarse, ratio, fshape, order=0)
@@ -391,6 +453,36 @@ def segment_cells(frame: np.ndarray, *, pixel_size_um: float, config: CellConfig
     return upsample(lab_f, fine_f, frame.shape, order=0)
 
 
+#: How far inside the threshold contour a membrane stain's rim crest is looked for (µm).
+_RIM_SEARCH_UM = 2.0
+
+
+def _to_rim_crest(labels: np.ndarray, image: np.ndarray, n: int) -> np.ndarray:
+    """Move each cell's edge in to the crest of its bright membrane rim.
+
+    A threshold below the rim's peak places the edge on the rim's outer flank, outside the
+    membrane. Per cell, the mean of ``image`` over the pixels at each distance 1..``n``
+    (pixels) from the edge gives the rim's profile; pixels closer to the edge than its
+    maximum (the crest, where the membrane is) are removed. A cell whose profile has no
+    maximum before ``n`` (no rim) is left as it is.
+    """
+    cells = labels > 0
+    if not cells.any() or n < 2:
+        return labels
+    dist = np.rint(ndi.distance_transform_edt(cells)).astype(np.int64)
+    near = cells & (dist <= n + 1)
+    ids = labels[near].astype(np.int64)
+    nl = int(labels.max()) + 1
+    key = ids * (n + 2) + np.minimum(dist[near], n + 1)
+    total = np.bincount(key, weights=image[near], minlength=nl * (n + 2)).reshape(nl, n + 2)
+    count = np.bincount(key, minlength=nl * (n + 2)).reshape(nl, n + 2)
+    prof = np.where(count > 0, total / np.maximum(count, 1), -np.inf)[:, 1:]
+    crest = np.argmax(prof, axis=1) + 1  # distance of the maximum, 1..n+1
+    crest[(crest > n) | ~np.isfinite(prof.max(axis=1))] = 1  # no rim within reach
+    crest[0] = 0
+    return np.where(dist >= crest[labels], labels, 0).astype(labels.dtype)
+
+
 def _expand(labels: np.ndarray, distance: int) -> np.ndarray:
     """Grow labels into the background by ``distance`` pixels (nearest label wins)."""
     if distance <= 0 or labels.max() == 0:
@@ -402,13 +494,23 @@ def _expand(labels: np.ndarray, distance: int) -> np.ndarray:
 
 
 def _sequential(labels: np.ndarray) -> np.ndarray:
-    """Relabel ``1..n`` in raster order of each label's first pixel."""
-    flat = labels.ravel()
-    ids, first = np.unique(flat, return_index=True)
-    keep = ids > 0
-    ids, first = ids[keep], first[keep]
-    order = ids[np.argsort(first, kind="stable")]
-    lut = np.zeros(int(labels.max()) + 1, dtype=np.int32)
+    """Relabel ``1..n`` in raster order of each label's first pixel.
+
+    The first pixel of a label lies in the first row of its bounding box, so only that row
+    is searched (no sort of the whole image)."""
+    nmax = int(labels.max()) if labels.size else 0
+    lut = np.zeros(nmax + 1, dtype=np.int32)
+    if nmax == 0:
+        return lut[labels]
+    ids, firsts = [], []
+    nx = labels.shape[1]
+    for i, sl in enumerate(ndi.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        row = labels[sl[0].start, sl[1]]
+        firsts.append(sl[0].start * nx + sl[1].start + int(np.argmax(row == i)))
+        ids.append(i)
+    order = np.asarray(ids)[np.argsort(firsts, kind="stable")]
     lut[order] = np.arange(1, len(order) + 1, dtype=np.int32)
     return lut[labels]
 

@@ -1,30 +1,34 @@
-"""Retraction fibers: ridge measure, hysteresis, skeleton graphs (skan).
+"""Retraction fibers: oriented line filter, hysteresis, skeleton graphs (skan).
 
 Retraction fibers are membrane tubes narrower than the diffraction limit, so their image is a
-line whose cross-section IS the point-spread function: one Gaussian scale at the PSF width
-(floor 1 pixel) suffices, because the width is fixed by the optics, not by the object.
+line whose cross-section IS the point-spread function. In TSPAN4-GFP movies they peak at only
+~1-3 noise sigmas per pixel, below any per-pixel threshold, but they are straight over a few
+µm: a filter that integrates along them gains about ``sqrt(length / width)`` in SNR.
 
-Ridge measure (in noise sigmas of the filter's own output, so thresholds are SNRs):
+Line measure (:func:`ridge_measure`, in noise sigmas of its own output, so thresholds are SNRs):
 
-- the curvature across a line, ``-(n^T H n)`` for 8 line directions (22.5 degrees apart),
-  each averaged along its direction over ``line_smoothing_um`` (fibers are straight over a
-  few µm: this gathers signal that a pixel-scale Hessian alone cannot see); maximum over
-  the directions;
-- minus a blob term ``max(0, -l2)`` (``l1 <= l2`` the Hessian eigenvalues): a punctum curves
-  down in every direction, a line only across itself, so migrasomes are not fibers;
-- minus an edge term ``|grad g| / st`` (``st`` the total blur): at the inner shoulder of a
-  blurred edge (a large migrasome's rim) ``|grad g| = |l1| st``; a line's centre has no
-  gradient;
-- and a pixel must also curve across at its own position (isotropic ridge > 0), so the
-  along-line averaging does not carry the mask past a fiber's end.
+- the frame is block-averaged to about ``ridge_pixel_um`` (0.3 µm: a fiber's signal stays in
+  one or two blocks while the noise averages down; 4x fewer pixels), smoothed with a
+  Gaussian at the PSF scale (floor one grid pixel);
+- for 8 line directions (22.5 degrees apart to within 4 degrees) the curvature across the
+  direction, ``-(n^T H n)`` from the 3 Hessian components, is averaged along it with a
+  Gaussian of ``line_smoothing_um``, and divided by the chain's exact white-noise gain (the
+  L2 norm of its impulse response) times the pixel noise; maximum over the directions;
+- both one-sided halves of that average must carry part of the response (a line pixel has
+  line on both sides), so the averaging does not carry the mask past a fiber's end;
+- compact objects (migrasomes, puncta: both curvatures negative, or a grey opening wider
+  than a fiber above the background but narrower than a cell) and edges (a significant
+  gradient larger than the curvature: flanks of blobs and steps) have their curvature zeroed
+  before the averaging, so they do not streak into lines.
 
-Hysteresis (seeds above ``high_threshold``, grown over ``low_threshold``), outside the cell
-bodies. Isotropic blobs (migrasomes, crossings) and very bright spots cannot seed a fiber but
-are filled in where a fiber touches them, so the graph runs through a migrasome instead of
-breaking or looping around its rim. Then skeletonize (scikit-image), graph with skan
-(``skan.Skeleton``, once per frame), side branches shorter than ``min_length_um`` pruned on
-the graph, fibers shorter than ``min_length_um`` dropped, lengths from 5-pixel-smoothed
-paths, branch points counted as clusters of junction pixels.
+Hysteresis on the grid (seeds above ``high_threshold``, away from compact objects; grown over
+``low_threshold``), outside the cell bodies plus ``cell_margin_um``; compact objects touching a
+fiber are filled in so that the graph runs through a migrasome. The line measure inside the
+mask is interpolated back to the frame's pixels and cut at its half height, which centres the
+mask on the line; then skeletonize (scikit-image), graph with skan (``skan.Skeleton``, once per
+frame), side branches shorter than ``min_length_um`` pruned on the graph, fibers shorter than
+``min_length_um`` dropped, lengths from 5-pixel-smoothed paths, branch points counted as
+clusters of junction pixels.
 """
 
 from __future__ import annotations
@@ -43,9 +47,36 @@ from skimage.morphology import skeletonize
 
 from migradetect.errors import ConfigError, InputError
 from migradetect.params import param
-from migradetect.preprocess import _check_frame, _check_pixel_size, block_mean, noise_sigma
+from migradetect.preprocess import (
+    _check_frame,
+    _check_pixel_size,
+    block_mean,
+    noise_sigma,
+    upsample,
+)
 
 logger = logging.getLogger(__name__)
+
+#: Largest compact bright object (µm): migrasomes are at most ~3.5 µm across; wider bright
+#: things (cell bodies) are not treated as compact objects.
+_COMPACT_UM = 4.0
+
+#: Least share of the along-line response on each side of a line pixel (0.5: both equal).
+_END_SHARE = 0.2
+
+#: Grid pixels at the frame's border where the ridge measure is not used.
+_BORDER = 1
+
+#: A fiber piece shorter than this many along-line sigmas must peak _SHORT_PEAK times
+#: higher than the seed threshold.
+_NOISE_LENGTHS = 3.0
+_SHORT_PEAK = 1.5
+
+#: Least share of the local peak line response for a pixel to join a fiber.
+_LOCAL_SHARE = 0.2
+
+#: Least kept share of the along-line kernel that is renormalized near compact objects.
+_MIN_KEPT = 0.5
 
 #: Columns of the per-frame fiber table (schema.FIBERS without experiment and movie).
 FIBER_TABLE: dict[str, str] = {
@@ -66,10 +97,10 @@ FIBER_NODES: dict[str, str] = {"fiber_id": "int64", "y_px": "float64", "x_px": "
 class FiberConfig:
     """Retraction-fiber segmentation parameters."""
 
-    low_threshold: float = param(2.0, min=0.0,
+    low_threshold: float = param(2.5, min=0.0,
                                  help="hysteresis low threshold, in noise sigmas of the ridge "
                                       "filter")
-    high_threshold: float = param(4.0, min=0.0,
+    high_threshold: float = param(4.5, min=0.0,
                                   help="hysteresis high threshold (seeds), in noise sigmas of "
                                        "the ridge filter")
     ridge_scales: tuple[float, ...] = param(
@@ -77,9 +108,14 @@ class FiberConfig:
         help="Gaussian scales of the ridge filter, in units of the PSF sigma (floor 1 pixel)",
     )
     line_smoothing_um: float = param(
-        0.3, unit="um", min=0.0, max=5.0,
+        1.0, unit="um", min=0.0, max=5.0,
         help="Gaussian sigma of the averaging along each of 8 line directions (fibers are "
              "straight over a few µm; longer averaging finds fainter fibers); 0 disables",
+    )
+    ridge_pixel_um: float = param(
+        0.3, unit="um", min=0.01, max=2.0,
+        help="pixel size of the grid the line filter runs on (frames are block-averaged to "
+             "about this; fibers are narrower, so little signal is lost and it is faster)",
     )
     min_length_um: float = param(2.0, unit="um", min=0.0,
                                  help="shortest fiber kept, and shortest side branch (spur) kept")
@@ -108,6 +144,11 @@ class FiberConfig:
 def empty_fiber_table() -> pd.DataFrame:
     """The fiber table with its columns and no rows."""
     return pd.DataFrame({c: pd.Series([], dtype=d) for c, d in FIBER_TABLE.items()})
+
+
+def _odd(n: float) -> int:
+    n = max(1, int(round(n)))
+    return n if n % 2 else n + 1
 
 
 def _gaussian_kernel(sigma_px: float, truncate: float = 3.5) -> np.ndarray:
@@ -189,104 +230,236 @@ def _hessian(g: np.ndarray) -> tuple[np.ndarray, ...]:
     return hyy, hxx, hxy, grad2
 
 
-def _line_chain(frame: np.ndarray, sigma_px: float, along_px: float):
-    """Per-direction line responses ``-(smoothed cross-line 2nd derivative)`` (interior),
-    the isotropic blob and gradient terms, and the smoothed frame."""
-    g = smooth(frame, sigma_px)
-    hyy, hxx, hxy, grad2 = _hessian(g)
+def _hessian_padded(g: np.ndarray, pad: int) -> tuple[np.ndarray, ...]:
+    """Hessian ``(hyy, hxx, hxy)`` and squared gradient of ``g`` (central differences,
+    edges replicated), each padded by ``pad`` pixels of zeros for :func:`_along`.
+
+    Zeros, not replicated values, outside the frame: a replicated border row summed along a
+    direction crossing the border would count one noisy value many times (far more noise
+    than calibrated, false lines along the frame's edges)."""
+    out = _hessian(np.pad(g, 1, mode="edge"))
+    return tuple(np.pad(h, pad) for h in out)
+
+
+def _direction_kernels(along_px: float) -> tuple[list[np.ndarray], int]:
+    """Along-line Gaussian kernels of each direction (in steps of that direction) and the
+    padding they need."""
     kernels = [_gaussian_kernel(max(along_px / float(np.hypot(dy, dx)), 0.3), truncate=2.5)
                if along_px > 0 else np.ones(1, np.float32) for (dy, dx), _ in _DIRECTIONS]
     pad = max(len(k) // 2 * max(abs(dy), abs(dx))
               for k, ((dy, dx), _) in zip(kernels, _DIRECTIONS, strict=True))
-    # pad the Hessian once; each direction's cross-line curvature is made on the padded grid
-    hp = [np.pad(h, pad, mode="edge") for h in (hyy, hxx, hxy)]
+    return kernels, pad
+
+
+def _along_halves(p: np.ndarray, o: int, shape: tuple[int, int], w: np.ndarray, dy: int,
+                  dx: int) -> tuple[np.ndarray, np.ndarray]:
+    """The two halves of :func:`_along` (steps ``+k (dy, dx)`` and ``-k (dy, dx)``, the
+    centre tap split between them); their sum is the full along-line average."""
+    r = len(w) // 2
+    ny, nx = shape
+    fwd = p[o: o + ny, o: o + nx] * (0.5 * w[r])
+    bwd = fwd.copy()
+    tmp = np.empty_like(fwd)
+    for k in range(1, r + 1):
+        np.multiply(p[o + k * dy: o + k * dy + ny, o + k * dx: o + k * dx + nx], w[r + k],
+                    out=tmp)
+        fwd += tmp
+        np.multiply(p[o - k * dy: o - k * dy + ny, o - k * dx: o - k * dx + nx], w[r + k],
+                    out=tmp)
+        bwd += tmp
+    return fwd, bwd
+
+
+def _line_responses(hp: tuple[np.ndarray, ...], pad: int, shape: tuple[int, int],
+                    kernels: list[np.ndarray], *, halves: bool = False) -> list:
+    """Per-direction line response ``-(n^T H n)`` averaged along the direction (or, with
+    ``halves``, its two one-sided halves)."""
     tmp = np.empty_like(hp[0])
-    responses = []
+    out = []
     for w, ((dy, dx), (a, b, c)) in zip(kernels, _DIRECTIONS, strict=True):
         d = hp[0] * np.float32(-a)
         np.multiply(hp[1], np.float32(-b), out=tmp)
         d += tmp
         np.multiply(hp[2], np.float32(-c), out=tmp)
         d += tmp
-        responses.append(_along(d, pad, hyy.shape, w, dy, dx))
-    half_trace = 0.5 * (hxx + hyy)
-    root = np.sqrt((0.5 * (hxx - hyy)) ** 2 + hxy**2)
-    blob = np.maximum(-(half_trace + root), 0.0)
-    return responses, blob, np.sqrt(grad2), g, root - half_trace
+        out.append(_along_halves(d, pad, shape, w, dy, dx) if halves
+                   else _along(d, pad, shape, w, dy, dx))
+    return out
 
 
 @functools.lru_cache(maxsize=32)
-def _chain_noise(sigma_px: float, along_px: float) -> tuple[tuple[float, ...], float]:
-    """Noise std of each direction's line response and of ``hxx`` for unit white noise
-    (computed on a delta image: the chain is linear)."""
-    half = int(np.ceil(4 * sigma_px + 4 * along_px)) + 4
+def _chain_noise(sigma_px: float, along_px: float
+                 ) -> tuple[tuple[float, ...], float, float]:
+    """Noise std of each direction's line response, of ``hxx`` and of ``gx`` (a gradient
+    component) for unit white noise.
+
+    The chain (Gaussian, Hessian, along-line average) is linear, so its noise gain is the
+    L2 norm of its impulse response, computed exactly on a delta image."""
+    half = int(np.ceil(4 * sigma_px + 3 * along_px)) + 4
     delta = np.zeros((2 * half + 1, 2 * half + 1), dtype=np.float32)
     delta[half, half] = 1.0
-    responses, _, _, g, _ = _line_chain(delta, sigma_px, along_px)
+    g = smooth(delta, sigma_px)
+    kernels, pad = _direction_kernels(along_px)
+    responses = _line_responses(_hessian_padded(g, pad)[:3], pad, g.shape, kernels)
     gains = tuple(float(np.sqrt(np.sum(r.astype(np.float64) ** 2))) for r in responses)
     hxx = g[1:-1, 2:] - 2.0 * g[1:-1, 1:-1] + g[1:-1, :-2]
-    return gains, float(np.sqrt(np.sum(hxx.astype(np.float64) ** 2)))
+    gx = 0.5 * (g[1:-1, 2:] - g[1:-1, :-2])
+    return (gains, float(np.sqrt(np.sum(hxx.astype(np.float64) ** 2))),
+            float(np.sqrt(np.sum(gx.astype(np.float64) ** 2))))
 
 
-def _ridge(frame: np.ndarray, sigma_px: float, along_px: float, line_sigma_px: float,
-           noise: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Ridge measure R and blob measure B (noise sigmas) and the smoothed frame at one scale.
-
-    R = max over 8 directions of the line response (cross-line curvature averaged along
-    the direction over ``along_px``, in its own noise sigmas) minus the blob and edge
-    penalties (isotropic Hessian, in noise sigmas of ``hxx``)."""
-    responses, blob, grad, g, cross = _line_chain(frame, sigma_px, along_px)
-    gains, h_gain = _chain_noise(sigma_px, along_px)
-    noise = max(noise, 1e-12)
-    best = responses[0] * np.float32(1.0 / (noise * gains[0]))
-    for resp, gain in zip(responses[1:], gains[1:]):
-        np.maximum(best, resp * np.float32(1.0 / (noise * gain)), out=best)
-    inv_h = np.float32(1.0 / (noise * h_gain))
-    blob *= inv_h
-    # |grad g| / st: zero at a line's centre, |l1| at the shoulder of a blurred edge
-    grad *= inv_h / np.float32(np.hypot(sigma_px, line_sigma_px))
-    best -= blob
-    best -= grad
-    # a fiber pixel must also curve across at its own position (isotropic ridge > 0): stops
-    # the along-line averaging from carrying the mask past a fiber's end
-    iso = cross * inv_h
-    iso -= blob
-    iso -= grad
-    np.minimum(best, np.where(iso > 0, best, np.float32(0)), out=best)
-    ridge = np.zeros(frame.shape, dtype=np.float32)
-    ridge[1:-1, 1:-1] = best
-    # isotropic blobs only (both curvatures similar: spots, crossings), not line ends
-    out_blob = np.zeros(frame.shape, dtype=np.float32)
-    out_blob[1:-1, 1:-1] = np.where(blob > 0.6 * cross * inv_h, blob, np.float32(0))
-    return ridge, out_blob, g
+def _grid(pixel_size_um: float, psf_sigma_um: float, config: FiberConfig
+          ) -> tuple[int, float, float]:
+    """Block factor of the ridge grid, Gaussian sigma across the line and along-line sigma
+    (both in ridge-grid pixels)."""
+    k = max(1, int(np.floor(config.ridge_pixel_um / pixel_size_um + 0.25)))
+    cpx = k * pixel_size_um
+    sigma = max(1.0, psf_sigma_um / cpx)
+    return k, sigma, config.line_smoothing_um / cpx
 
 
 def ridge_measure(frame: np.ndarray, *, pixel_size_um: float, psf_sigma_um: float,
                   config: FiberConfig, noise: float | None = None
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Ridge and blob measures in noise sigmas (float32; max over scales) and the frame
-    smoothed at the first scale.
+    """Oriented line filter on the ridge grid, in noise sigmas of its own output.
 
-    ``noise`` is the frame's pixel noise sigma (default :func:`preprocess.noise_sigma`).
-    Returns ``(R, B, smoothed)``: the ridge measure, the blob measure ``max(0, -l2)`` (both
-    Hessian eigenvalues negative: spots, and crossings of two fibers).
+    The frame is averaged in blocks of about ``ridge_pixel_um`` (a fiber is narrower than
+    that, so its signal stays in one or two blocks while the noise averages out), smoothed
+    at the PSF scale (floor one grid pixel), and the curvature across each of 8 directions is
+    averaged along that direction with a Gaussian of ``line_smoothing_um``: a matched filter
+    for a straight piece of fiber, which gains about ``sqrt(length / width)`` in SNR over a
+    per-pixel test. Each direction's response is divided by its noise sigma (the filter's
+    exact white-noise gain times the frame's pixel noise over ``k``), so the thresholds are
+    SNRs. Compact bright objects (migrasomes, puncta: both curvatures negative, or far above
+    the local background) have their curvature zeroed over their extent before the
+    averaging, so they do not streak into false lines.
+
+    Returns
+    -------
+    R, blobs, smoothed
+        On the ridge grid (shape ``ceil(Y / k), ceil(X / k)``, ``k`` from
+        :func:`_grid`): the ridge measure (max over directions, noise sigmas), the boolean
+        compact-object region, and the smoothed grid image.
     """
+    ridge, blob, _, g = _ridge_fields(frame, pixel_size_um=pixel_size_um,
+                                      psf_sigma_um=psf_sigma_um, config=config, noise=noise)
+    return ridge, blob, g
+
+
+def _ridge_fields(frame: np.ndarray, *, pixel_size_um: float, psf_sigma_um: float,
+                  config: FiberConfig, noise: float | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`ridge_measure` plus the zone within the along-line reach of compact objects
+    (``ridge, blob, near, smoothed``)."""
     frame = np.asarray(_check_frame(frame), dtype=np.float32)
     pixel_size_um = _check_pixel_size(pixel_size_um)
-    if noise is None:
-        noise = noise_sigma(frame)
-    psf_px = psf_sigma_um / pixel_size_um
-    line_px = float(np.hypot(psf_px, np.sqrt(1.0 / 12.0)))  # PSF and pixel integration
-    along_px = config.line_smoothing_um / pixel_size_um
-    ridge = blob = smoothed = None
-    for k in config.ridge_scales:
-        r, b, g = _ridge(frame, max(1.0, k * psf_px), along_px, line_px, noise)
+    k, sigma0, along = _grid(pixel_size_um, psf_sigma_um, config)
+    small = _block_mean(frame, k)
+    if noise is None:  # white noise: the block means' noise is the pixels' over k
+        noise = noise_sigma(small) * k if k > 1 else noise_sigma(frame)
+    noise_c = max(float(noise) / k, 1e-12)  # white noise averaged over k x k pixels
+    cpx = k * pixel_size_um
+    # broad bright objects (large migrasomes have flat tops without curvature): what
+    # survives a grey opening about 1 µm wide (wider than a fiber's image) of the block
+    # means, significantly above the local background; cell bodies (wider than
+    # _COMPACT_UM) survive a second, wider opening too and are not compact objects
+    step = max(2, int(round(2.0 / cpx)))
+    local_bg = upsample(ndi.minimum_filter(block_mean(small, step), size=3, mode="nearest"),
+                        step, small.shape, order=0)
+    width = max(3, _odd(1.0 / cpx))
+    broad = _opening(small, width)
+    # the wide opening on blocks of about 1 µm (it only has to keep cell bodies)
+    f = max(1, int(round(1.0 / cpx)))
+    wide = max(3, _odd(_COMPACT_UM / (f * cpx)))
+    wide = upsample(ndi.grey_opening(block_mean(small, f), size=(wide, wide), mode="nearest"),
+                    f, small.shape, order=0)
+    broad -= np.maximum(wide, local_bg)
+    compact = broad > config.high_threshold * noise_c
+    ridge = blob = near = g0 = None
+    for scale in config.ridge_scales:
+        sigma = max(1.0, scale * psf_sigma_um / cpx) if scale != 1.0 else sigma0
+        r, b, n, g = _ridge_one(small, noise_c, sigma, along, compact, config.high_threshold)
         if ridge is None:
-            ridge, blob, smoothed = r, b, g
+            ridge, blob, near, g0 = r, b, n, g
         else:
             np.maximum(ridge, r, out=ridge)
-            np.maximum(blob, b, out=blob)
-    return ridge, blob, smoothed
+            blob |= b
+            near |= n
+    return ridge, blob, near, g0
+
+
+def _near(blob: np.ndarray, along: float) -> np.ndarray:
+    """Pixels within the along-line reach (``along`` grid pixels) of a compact object."""
+    return ndi.maximum_filter(blob, size=2 * int(np.ceil(along)) + 1) if blob.any() else blob
+
+
+def _ridge_one(small: np.ndarray, noise_c: float, sigma: float, along: float,
+               compact: np.ndarray, threshold: float
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_ridge_fields` at one Gaussian scale ``sigma`` (ridge-grid pixels)."""
+    g = smooth(small, sigma)
+    kernels, pad = _direction_kernels(along)
+    *hp, grad2 = _hessian_padded(g, pad)
+    gains, h_gain, g_gain = _chain_noise(round(sigma, 4), round(along, 4))
+    # small compact objects: both curvatures strongly negative and within a factor 2
+    sl = (slice(pad, -pad or None),) * 2
+    hyy, hxx, hxy = (h[sl] for h in hp)
+    half_trace = 0.5 * (hxx + hyy)
+    root = np.sqrt((0.5 * (hxx - hyy)) ** 2 + hxy**2)
+    l2 = half_trace + root  # the larger eigenvalue (l1 = half_trace - root)
+    blob = (-l2 > threshold * noise_c * h_gain) & (-l2 > 0.5 * (root - half_trace))
+    blob |= compact
+    if blob.any():
+        # widened by the Gaussian's reach across a line; their curvature is zeroed so the
+        # along-line averaging does not streak them into lines
+        blob = ndi.binary_dilation(blob, structure=ndi.generate_binary_structure(2, 1),
+                                   iterations=int(np.ceil(sigma)))
+    # edges: a significant gradient larger than the curvature across times twice the blur. The
+    # flank of a blurred blob or step curves down tangentially and would streak into radial
+    # lines; a line's centre has no gradient (only its flanks beyond ~0.6 sigma are dropped,
+    # which the along-line average does not use)
+    l1 = (root - half_trace) * np.float32(2.0 * sigma)
+    np.square(l1, out=l1)
+    edge = grad2[sl] > np.maximum(l1, np.float32((threshold * noise_c * g_gain) ** 2))
+    edge |= blob
+    keep = np.pad(~edge, pad, mode="edge").astype(np.float32)
+    for h in hp:
+        h *= keep
+    # a line pixel has the line on both sides along its direction: each one-sided half of
+    # the average must carry at least _END_SHARE of the response (else the averaging would
+    # carry the mask past a fiber's end by about line_smoothing_um)
+    # (not within line_smoothing_um of a compact object, whose zeroed curvature would look
+    # like an end)
+    near = _near(blob, along)
+    ridge = np.zeros(g.shape, dtype=np.float32)
+    any_near = bool(near.any())
+    if any_near:
+        # the kept share is smooth: computed on blocks of 2 x 2 (4x fewer pixels)
+        keep_c = block_mean(keep[pad:pad + g.shape[0], pad:pad + g.shape[1]], 2)
+        kernels_c, pad_c = _direction_kernels(along / 2.0)
+        keep_c = np.pad(keep_c, pad_c)  # nothing is kept outside the frame
+    for (fwd, bwd), gain, w_c, ((dy, dx), _) in zip(
+            _line_responses(hp, pad, g.shape, kernels, halves=True), gains,
+            kernels_c if any_near else kernels, _DIRECTIONS, strict=True):
+        full = fwd + bwd
+        np.minimum(fwd, bwd, out=fwd)
+        np.greater_equal(fwd, np.float32(_END_SHARE) * full, out=bwd, casting="unsafe")
+        full *= np.float32(1.0 / (noise_c * gain))
+        if any_near:
+            # near compact objects part of the average fell on zeroed pixels: divide by the
+            # kept share f of the kernel (normalized convolution; signal / f, noise /
+            # sqrt(f), so the SNR by sqrt(f)); a fiber then runs up to its migrasome
+            f = _along(keep_c, pad_c, ((g.shape[0] + 1) // 2, (g.shape[1] + 1) // 2), w_c,
+                       dy, dx)
+            f = upsample(f, 2, g.shape, order=0)
+            np.maximum(f, np.float32(_MIN_KEPT), out=f)
+            full[near] /= np.sqrt(f[near])
+            bwd[near] = 1.0
+        full *= bwd
+        np.maximum(ridge, full, out=ridge)
+    # the frame's outermost grid pixels: one-sided differences, noise not as calibrated
+    ridge[:_BORDER], ridge[-_BORDER:], ridge[:, :_BORDER], ridge[:, -_BORDER:] = 0, 0, 0, 0
+    return ridge, blob, near, g
 
 
 def _hysteresis(values: np.ndarray, low: float, seeds: np.ndarray) -> np.ndarray:
@@ -398,55 +571,154 @@ def _path_lengths_px(graph) -> np.ndarray:
     return np.bincount(seg[1:][same], weights=step[same], minlength=graph.n_paths)
 
 
+def _block_mean(frame: np.ndarray, k: int) -> np.ndarray:
+    """:func:`preprocess.block_mean` (same result) as ``k * k`` strided adds, which is
+    several times faster for the small factors used here."""
+    if k <= 1 or k > 4:
+        return block_mean(frame, k)
+    ny, nx = frame.shape
+    py, px = (-ny) % k, (-nx) % k
+    if py or px:
+        frame = np.pad(frame, ((0, py), (0, px)), mode="edge")
+    out = frame[::k, ::k].astype(np.float32)
+    for i in range(k):
+        for j in range(k):
+            if i or j:
+                out += frame[i::k, j::k]
+    out *= np.float32(1.0 / (k * k))
+    return out
+
+
+def _opening(image: np.ndarray, size: int) -> np.ndarray:
+    """Grey opening with a ``size`` square (edges replicated); 3 x 3 as shifted minima and
+    maxima of slices (several times faster than ``ndimage`` for this small size)."""
+    if size != 3:
+        return ndi.grey_opening(image, size=(size, size), mode="nearest")
+
+    def ext(a, fn, axis):
+        p = np.pad(a, [(1, 1) if i == axis else (0, 0) for i in range(2)], mode="edge")
+        lo = [slice(None)] * 2
+        mid, hi = list(lo), list(lo)
+        lo[axis], mid[axis], hi[axis] = slice(0, -2), slice(1, -1), slice(2, None)
+        out = fn(p[tuple(lo)], p[tuple(mid)])
+        return fn(out, p[tuple(hi)], out=out)
+
+    out = ext(ext(image, np.minimum, 0), np.minimum, 1)
+    return ext(ext(out, np.maximum, 0), np.maximum, 1)
+
+
+def _block_any(mask: np.ndarray, k: int) -> np.ndarray:
+    """True where any pixel of a ``k`` x ``k`` block is (the grid of :func:`block_mean`)."""
+    if k <= 1:
+        return mask.copy()
+    ny, nx = mask.shape
+    py, px = (-ny) % k, (-nx) % k
+    if py or px:
+        mask = np.pad(mask, ((0, py), (0, px)))
+    out = mask[::k, ::k].copy()
+    for i in range(k):
+        for j in range(k):
+            if i or j:
+                out |= mask[i::k, j::k]
+    return out
+
+
 def fiber_mask(frame: np.ndarray, *, pixel_size_um: float, psf_sigma_um: float,
                config: FiberConfig, cell_labels: np.ndarray | None = None) -> np.ndarray:
-    """Boolean ``(Y, X)`` mask of ridge pixels (hysteresis), outside the cell bodies."""
+    """Boolean ``(Y, X)`` mask of line pixels (hysteresis), outside the cell bodies.
+
+    Hysteresis runs on the ridge grid; compact objects cannot seed a fiber (a migrasome
+    alone is no fiber) but those touching a fiber are filled in, so that the fiber graph runs
+    through a migrasome instead of breaking at it. Pieces shorter than ``min_length_um``
+    are dropped. The ridge measure inside the mask is interpolated back to the frame's
+    pixels (bilinear) and cut at its half height across the line (or ``low_threshold`` if
+    higher): the mask, and its skeleton, is centred on the line to within a fraction of a
+    grid pixel.
+    """
     frame = np.asarray(_check_frame(frame), dtype=np.float32)
-    noise = noise_sigma(frame)
-    r, b, g = ridge_measure(frame, pixel_size_um=pixel_size_um, psf_sigma_um=psf_sigma_um,
-                            config=config, noise=noise)
-    # bridges: blob-like regions (migrasomes on fibers, crossings of two fibers) and bright
-    # regions (large migrasomes: their flat tops have no curvature at the PSF scale),
-    # widened by the line filter's reach. They cannot seed a fiber (so a migrasome alone
-    # is no fiber), but those touching a fiber are filled in, so the fiber graph runs
-    # through them instead of breaking or looping around their rims.
-    step = max(2, int(round(2.0 / pixel_size_um)))
-    coarse = ndi.minimum_filter(block_mean(g, step), size=3, mode="nearest")
-    local_bg = np.repeat(np.repeat(coarse, step, axis=0), step, axis=1)
-    local_bg = local_bg[: frame.shape[0], : frame.shape[1]]
-    bridge = b > config.low_threshold
-    bridge |= (g - local_bg) > 2.0 * config.high_threshold * noise
-    reach = int(np.ceil((config.line_smoothing_um + psf_sigma_um) / pixel_size_um))
-    if reach > 0 and bridge.any():
-        bridge = ndi.maximum_filter(bridge, size=2 * reach + 1)
-    cells = None
+    if cell_labels is not None and np.shape(cell_labels) != frame.shape:
+        raise InputError(f"cell labels shape {np.shape(cell_labels)} differs from the frame's "
+                         f"{frame.shape}.", fix="pass cell labels of the same frame.")
+    r, blob, near, _ = _ridge_fields(frame, pixel_size_um=pixel_size_um,
+                                     psf_sigma_um=psf_sigma_um, config=config)
+    k = _grid(pixel_size_um, psf_sigma_um, config)[0]
+    cells_c = None
     if cell_labels is not None:
-        cells = np.asarray(cell_labels) > 0
-        if cells.shape != frame.shape:
-            raise InputError(f"cell labels shape {cells.shape} differs from the frame's "
-                             f"{frame.shape}.", fix="pass cell labels of the same frame.")
-        m = int(round(config.cell_margin_um / pixel_size_um))
-        if m > 0:
-            cells = ndi.maximum_filter(cells, size=2 * m + 1)
-        r = np.where(cells, np.float32(0), r)
-    seeds = (r > config.high_threshold) & ~bridge
-    mask = _hysteresis(r, config.low_threshold, seeds)
-    if cells is not None:
-        bridge &= ~cells
+        # cells and their margin on the ridge grid (a grid pixel is cell if any of its
+        # pixels is; the margin rounded to whole grid pixels)
+        cells_c = _block_any(np.asarray(cell_labels) > 0, k)
+        m = int(round(config.cell_margin_um / (k * pixel_size_um)))
+        if m > 0 and cells_c.any():
+            cells_c = ndi.binary_dilation(cells_c, structure=np.ones((3, 3), bool),
+                                          iterations=m)
+        r[cells_c] = 0.0
+        blob &= ~cells_c
+    low = config.low_threshold
+    # seeds beyond the along-line reach of compact objects (a bright migrasome's flanks
+    # leak into the line filter); a fiber reaching one is grown into it and then through it
+    # a pixel joins a fiber above low_threshold and above _LOCAL_SHARE of the strongest line
+    # response within two grid pixels: noise streaks touching a bright fiber's flank (or a
+    # bright migrasome's radial leaks) do not grow into it as side branches
+    member = r > np.maximum(ndi.maximum_filter(r, size=5) * np.float32(_LOCAL_SHARE), low)
+    mask = _hysteresis(np.where(member, r, np.float32(0)), low,
+                       (r > config.high_threshold) & ~near)
+    out = np.zeros(frame.shape, dtype=bool)
     if not mask.any():
-        return mask
-    # close one-pixel gaps and holes (they would become loops in the skeleton); lines
-    # closer than that are not resolved optically anyway
-    mask = ndi.binary_closing(mask, structure=np.ones((3, 3), bool), border_value=0) | mask
-    if cells is not None:
-        mask &= ~cells
-    blab, nb = ndi.label(bridge, structure=np.ones((3, 3)))
+        return out
+    # close one-pixel gaps and holes (they would become loops in the skeleton)
+    mask |= ndi.binary_closing(mask, structure=np.ones((3, 3), bool), border_value=0)
+    blab, nb = ndi.label(blob, structure=np.ones((3, 3)))
+    filled = np.zeros(mask.shape, dtype=bool)
     if nb:
         touch = np.zeros(nb + 1, dtype=bool)
         touch[blab[mask]] = True
         touch[0] = False
-        mask |= touch[blab]
-    return mask
+        filled = touch[blab]
+        mask |= filled
+    # pieces too small to hold a fiber of the minimum length; and pieces shorter than
+    # _NOISE_LENGTHS along-line sigmas (the filter's noise is correlated over about that
+    # length, so such a piece is one noise sample) unless their peak is _SHORT_PEAK times
+    # the seed threshold (a false-alarm rate for one sample, not for a whole line)
+    lab, n = ndi.label(mask, structure=np.ones((3, 3)))
+    sizes = np.bincount(lab.ravel(), minlength=n + 1)
+    big = sizes >= max(2.0, config.min_length_um / (k * pixel_size_um))
+    big[0] = False
+    if n:
+        along = _grid(pixel_size_um, psf_sigma_um, config)[2]
+        extent = np.zeros(n + 1)
+        for i, sl in enumerate(ndi.find_objects(lab), start=1):
+            extent[i] = np.hypot(sl[0].stop - sl[0].start, sl[1].stop - sl[1].start)
+        peak = np.zeros(n + 1, dtype=np.float32)
+        on = lab > 0
+        np.maximum.at(peak, lab[on], r[on])
+        big &= (extent >= _NOISE_LENGTHS * along) | (peak >= _SHORT_PEAK * config.high_threshold)
+    if not big[1:].any():
+        return out
+    if k == 1:
+        out = big[lab]
+    else:
+        # the ridge's half height across the line (its local maximum over 3 x 3 grid
+        # pixels) or low_threshold, whichever is higher, divides the interpolated ridge
+        inside = np.where(big[lab] & ~filled, r, np.float32(0))
+        half = np.maximum(ndi.maximum_filter(inside, size=3) * np.float32(0.5), low)
+        inside -= half
+        inside[filled & big[lab]] = 1.0
+        if cells_c is not None:  # interpolation then stops half a grid pixel from them
+            inside[cells_c] = -1e6
+        # interpolate only around the kept pieces (one grid pixel of margin)
+        ny, nx = inside.shape
+        for i, sl in enumerate(ndi.find_objects(lab), start=1):
+            if sl is None or not big[i]:
+                continue
+            y0, y1 = max(sl[0].start - 1, 0), min(sl[0].stop + 1, ny)
+            x0, x1 = max(sl[1].start - 1, 0), min(sl[1].stop + 1, nx)
+            sub = upsample(inside[y0:y1, x0:x1], k, ((y1 - y0) * k, (x1 - x0) * k)) >= 0
+            fy0, fx0 = y0 * k, x0 * k
+            fy1, fx1 = min(y1 * k, frame.shape[0]), min(x1 * k, frame.shape[1])
+            out[fy0:fy1, fx0:fx1] |= sub[: fy1 - fy0, : fx1 - fx0]
+    if cells_c is not None and k == 1:
+        out &= ~cells_c
+    return out
 
 
 def segment_fibers(frame: np.ndarray, *, pixel_size_um: float, psf_sigma_um: float,
@@ -490,13 +762,6 @@ def segment_fibers(frame: np.ndarray, *, pixel_size_um: float, psf_sigma_um: flo
                       config=config, cell_labels=cell_labels)
     labels = np.zeros(frame.shape, dtype=np.int32)
     min_len_px = config.min_length_um / pixel_size_um
-    # drop mask pieces too small to hold a fiber of the minimum length before skeletonizing
-    lab, n = ndi.label(mask, structure=np.ones((3, 3)))
-    if n:
-        sizes = np.bincount(lab.ravel())
-        small = sizes < max(3.0, min_len_px)
-        small[0] = True
-        mask = ~small[lab]
     if mask.sum() < 2:
         return labels, empty_fiber_table()
     skel = skeletonize(mask)
@@ -561,7 +826,11 @@ def _attach(fiber_labels: np.ndarray, cell_labels: np.ndarray, n_fibers: int,
     cells = cell_labels > 0
     if not cells.any():
         return out
-    edge = cells & ~ndi.binary_erosion(cells, border_value=1)
+    # cell pixels with a 4-neighbour outside the cells (the frame border counts as cell)
+    interior = np.pad(cells, 1, mode="edge")
+    interior = (interior[1:-1, 1:-1] & interior[:-2, 1:-1] & interior[2:, 1:-1]
+                & interior[1:-1, :-2] & interior[1:-1, 2:])
+    edge = cells & ~interior
     ey, ex = np.nonzero(edge)
     fy, fx = np.nonzero(fiber_labels)
     dist, idx = cKDTree(np.column_stack([ey, ex])).query(
