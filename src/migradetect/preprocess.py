@@ -86,8 +86,14 @@ def block_mean(frame: np.ndarray, factor: int) -> np.ndarray:
     py, px = (-ny) % factor, (-nx) % factor
     if py or px:
         frame = np.pad(frame, ((0, py), (0, px)), mode="edge")
-    h, w = frame.shape[0] // factor, frame.shape[1] // factor
-    return frame.reshape(h, factor, w, factor).mean(axis=(1, 3), dtype=np.float32)
+    # a sum of factor² strided views: several times faster than reshape(...).mean(axis=(1, 3))
+    # for the small factors used here, and exactly the same block means up to rounding
+    out = np.zeros((frame.shape[0] // factor, frame.shape[1] // factor), dtype=np.float32)
+    for i in range(factor):
+        for j in range(factor):
+            out += frame[i::factor, j::factor]
+    out *= np.float32(1.0 / (factor * factor))
+    return out
 
 
 def _interp_weights(n_small: int, n: int, factor: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -193,11 +199,15 @@ def noise_sigma(frame: np.ndarray) -> float:
     if min(f.shape) < 3:
         raise InputError(f"frame of shape {f.shape} is too small to estimate noise.",
                          fix="pass a frame at least 3 x 3 pixels.")
-    # separable second differences on the interior, without building a padded copy
-    d2y = f[:-2, :] - 2.0 * f[1:-1, :] + f[2:, :]
-    hp = d2y[:, :-2] - 2.0 * d2y[:, 1:-1] + d2y[:, 2:]
-    step = max(1, int(np.sqrt(hp.size / 100_000)))  # ~100k samples are plenty
-    sample = hp[::step, ::step].ravel()
+    # ~100k samples are plenty: the filter is evaluated only on a grid with this step
+    ny, nx = f.shape[0] - 2, f.shape[1] - 2
+    step = max(1, int(np.sqrt(ny * nx / 100_000)))
+
+    def rows(k: int) -> np.ndarray:  # second difference across rows, on the sample grid
+        cols = f[:, k:k + nx:step]
+        return cols[0:ny:step] - 2.0 * cols[1:ny + 1:step] + cols[2:ny + 2:step]
+
+    sample = (rows(0) - 2.0 * rows(1) + rows(2)).ravel()
     med = np.median(sample)
     mad = np.median(np.abs(sample - med))
     return float(_MAD_TO_SIGMA * mad / 6.0)
