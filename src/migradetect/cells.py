@@ -149,6 +149,15 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
     return mask | ~outside[bg]
 
 
+#: Fraction of the local body level below which a coarse pixel is not cell body. A blurred
+#: body's edge lies at half its height; the cut is set lower so that dim parts of a cell
+#: (nucleus, thin lamella) stay, while the glow between neighbouring cells (blur tails,
+#: fibers, haze: 10-30 % of the level in the simulator) goes.
+_BODY_FRACTION = 0.35
+#: Radius within which the local body level is taken (µm; about a cell's half-width).
+_LOCAL_LEVEL_UM = 5.0
+
+
 def _odd(n: float) -> int:
     n = max(1, int(round(n)))
     return n if n % 2 else n + 1
@@ -323,6 +332,17 @@ def coarse_cells(frame: np.ndarray, *, pixel_size_um: float, config: CellConfig,
     narrow = np.maximum(linear - smooth, 0)
     above = smooth - bg > config.threshold_sigmas * noise
     above &= narrow <= config.max_narrow_fraction * np.maximum(linear - bg, 1e-6)
+    # a fraction of the local cell level: the edge of a blurred body lies at half its
+    # height, so the glow between neighbouring cells (the blur of both, fibers, haze) is
+    # not cell even when it is many noise sigmas above the background. The level is the
+    # brightest body signal within _LOCAL_LEVEL_UM, so a dim cell next to a bright one
+    # keeps its own level. Not for a membrane stain: there the body's level is its bright
+    # rim (partly kept by the opening), and the dim interior lies below half of it.
+    if marker != "wga":
+        body = smooth - bg
+        w = _odd(2.0 * _LOCAL_LEVEL_UM / cpx)
+        local = ndi.maximum_filter(np.where(above, body, 0), size=w, mode="nearest")
+        above &= body > _BODY_FRACTION * local
     cells = _fill_holes(above)
     labels, n = ndi.label(cells)
     if n == 0:
