@@ -85,41 +85,76 @@ def sample_polar(image: np.ndarray, cy: np.ndarray, cx: np.ndarray, radii: np.nd
     ang = np.arange(n_angles) * (2 * np.pi / n_angles)
     ys = cy[:, None, None] + radii[:, :, None] * np.sin(ang)[None, None, :]
     xs = cx[:, None, None] + radii[:, :, None] * np.cos(ang)[None, None, :]
-    vals = ndi.map_coordinates(image, [ys.ravel(), xs.ravel()], order=1, mode="nearest")
-    return vals.reshape(ys.shape)
+    return bilinear(image, ys, xs)
+
+
+def bilinear(image: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """Bilinear samples of ``image`` at (ys, xs) (any equal shapes), edges repeated.
+
+    The same values as ``ndi.map_coordinates(image, [ys, xs], order=1, mode="nearest")``
+    (to float32 rounding for float32 images; integer images are sampled as float64, not
+    rounded back), by four gathers from the flat image.
+    """
+    img = np.asarray(image)
+    if img.dtype.kind != "f":
+        img = img.astype(np.float64)
+    ny, nx = img.shape
+    if ny < 2 or nx < 2:
+        return ndi.map_coordinates(img, [np.ravel(ys), np.ravel(xs)], order=1,
+                                   mode="nearest").reshape(np.shape(ys))
+    y = np.clip(ys, 0.0, ny - 1.0)
+    x = np.clip(xs, 0.0, nx - 1.0)
+    y0 = np.minimum(y.astype(np.int64), ny - 2)
+    x0 = np.minimum(x.astype(np.int64), nx - 2)
+    fy = (y - y0).astype(img.dtype)
+    fx = (x - x0).astype(fy.dtype)
+    flat = img.ravel()
+    i = y0 * nx + x0
+    a, b = flat[i], flat[i + 1]
+    c, d = flat[i + nx], flat[i + nx + 1]
+    top = a + (b - a) * fx
+    return top + (c + (d - c) * fx - top) * fy
 
 
 def weighted_centroid(image: np.ndarray, cy: np.ndarray, cx: np.ndarray, width: np.ndarray,
-                      baseline: np.ndarray, *, n_iter: int = 4, step: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
+                      baseline: np.ndarray, *, n_iter: int = 4) -> tuple[np.ndarray, np.ndarray]:
     """Gaussian-weighted centroid of ``image - baseline``, iterated.
 
-    The window is a Gaussian of sigma ``width`` (px) around the current estimate, sampled
-    (bilinear) every ~``step`` px over +-3 window sigmas, so thin rings are not aliased;
-    shifts from the start are limited to ``width`` (a bright neighbour cannot drag the
-    centre far).
+    The window is a Gaussian of sigma ``width`` (px) around the current estimate, over the
+    image's own pixels (no interpolation, so thin rings are not aliased); shifts from the
+    start are limited to ``width`` (a bright neighbour cannot drag the centre far). One
+    patch of +-4 window sigmas is gathered per candidate (it holds the +-3 sigma window of
+    every allowed estimate) and the Gaussian is separable, so each iteration is two small
+    matrix products per candidate.
     """
+    img = np.asarray(image)
+    ny, nx = img.shape
     cy, cx = np.array(cy, dtype=np.float64), np.array(cx, dtype=np.float64)
-    half_all = np.clip(np.ceil(3.0 * width / step), 3, 40).astype(int)
+    width = np.asarray(width, dtype=np.float64)
+    half_all = np.clip(np.ceil(4.0 * width), 2, 48).astype(int)
     for half in np.unique(half_all):  # one group per window size (few groups)
         sel = np.flatnonzero(half_all == half)
-        grid = np.arange(-half, half + 1) / half * 3.0  # in units of the window sigma
-        gy, gx = (a.ravel() for a in np.meshgrid(grid, grid, indexing="ij"))
-        w_win = np.exp(-0.5 * (gy**2 + gx**2))
+        off = np.arange(-half, half + 1)
+        py = np.rint(cy[sel]).astype(np.int64)[:, None] + off[None, :]  # (m, P) pixel rows
+        px = np.rint(cx[sel]).astype(np.int64)[:, None] + off[None, :]
+        v = img[np.clip(py, 0, ny - 1)[:, :, None], np.clip(px, 0, nx - 1)[:, None, :]]
+        v = v.astype(np.float64) - baseline[sel, None, None]  # (m, P, P), edge pixels repeated
         y0, x0 = cy[sel], cx[sel]
         y, x = y0.copy(), x0.copy()
-        sw = width[sel]
+        sw = width[sel][:, None]
         for _ in range(n_iter):
-            ys = y[:, None] + sw[:, None] * gy[None, :]
-            xs = x[:, None] + sw[:, None] * gx[None, :]
-            v = ndi.map_coordinates(image, [ys.ravel(), xs.ravel()], order=1, mode="nearest")
             # no clipping: zero-mean noise then adds no bias; the window centred on the
             # current estimate damps each step, so iterate
-            v = (v.reshape(ys.shape) - baseline[sel, None]) * w_win[None, :]
-            tot = v.sum(axis=1)
+            wy = np.exp(-0.5 * ((py - y[:, None]) / sw) ** 2)
+            wx = np.exp(-0.5 * ((px - x[:, None]) / sw) ** 2)
+            rows = np.einsum("mij,mj->mi", v, wx)  # per row, weighted over columns
+            cols = np.einsum("mij,mi->mj", v, wy)
+            tot = np.einsum("mi,mi->m", rows, wy)
             ok = tot > 0
-            ny = np.where(ok, (v * ys).sum(axis=1) / np.where(ok, tot, 1), y)
-            nx = np.where(ok, (v * xs).sum(axis=1) / np.where(ok, tot, 1), x)
-            dy, dx = ny - y0, nx - x0
+            safe = np.where(ok, tot, 1.0)
+            ny_ = np.where(ok, np.einsum("mi,mi->m", rows, wy * py) / safe, y)
+            nx_ = np.where(ok, np.einsum("mj,mj->m", cols, wx * px) / safe, x)
+            dy, dx = ny_ - y0, nx_ - x0
             d = np.hypot(dy, dx)
             lim = width[sel]
             f = np.where(d > lim, lim / np.maximum(d, 1e-9), 1.0)
@@ -153,12 +188,30 @@ def fit_profiles(profiles: np.ndarray, r: np.ndarray, weights: np.ndarray, psf_p
         (weighted coefficient of determination) per candidate.
     """
     radii, table = model_table(round(float(psf_px), 3), float(np.ceil(r_table_max)))
-    n, b = profiles.shape
+    n = profiles.shape[0]
+    out = {key: np.zeros(n) for key in ("radius_px", "amplitude", "offset", "peak", "r2")}
+    rmax = r[:, -1]
+    # candidates of one detection scale share their window: fit them together, on the model
+    # radii their window can judge only (small scales need a small part of the table)
+    for rm in np.unique(rmax):
+        sel = np.flatnonzero(rmax == rm)
+        n_ok = int(np.count_nonzero(radii * 1.1 + 2 * psf_px <= rm))
+        kc = min(max(n_ok + 1, 3), len(radii))  # one judged-out radius more: the parabola
+        res = _fit_group(profiles[sel], r[sel], weights[sel], psf_px, radii, table, kc)
+        for key in out:
+            out[key][sel] = res[key]
+    return out
+
+
+def _fit_group(profiles: np.ndarray, r: np.ndarray, weights: np.ndarray, psf_px: float,
+               radii: np.ndarray, table: np.ndarray, kc: int) -> dict[str, np.ndarray]:
+    """:func:`fit_profiles` on the first ``kc`` tabulated radii."""
+    n = profiles.shape[0]
     # model values at each candidate's radii: (n, K, B) by linear interpolation in the table
     pos = r / _DR
     i0 = np.clip(np.floor(pos).astype(np.int64), 0, table.shape[1] - 2)
     t = (pos - i0)[:, None, :]
-    tab = table.astype(np.float32)
+    tab = table[:kc].astype(np.float32)
     t32 = t.transpose(1, 0, 2).astype(np.float32)
     m = tab[:, i0] * (1 - t32) + tab[:, i0 + 1] * t32
     m = m.transpose(1, 0, 2)  # (n, K, B), float32: the fit's bulk of arithmetic
@@ -176,11 +229,11 @@ def fit_profiles(profiles: np.ndarray, r: np.ndarray, weights: np.ndarray, psf_p
     sse = var_y[:, None] - np.where(amp > 0, cov * amp, 0.0)  # negative amplitudes: no fit
     # only radii the profile window can judge: the shell must end inside the window
     rmax = r[:, -1]
-    sse = np.where(radii[None, :] * 1.1 + 2 * psf_px <= rmax[:, None], sse, np.inf)
+    sse = np.where(radii[None, :kc] * 1.1 + 2 * psf_px <= rmax[:, None], sse, np.inf)
     sse[:, 0] = np.where(np.isfinite(sse[:, 0]), sse[:, 0], var_y)
     k = np.argmin(sse, axis=1)
     # parabola through the SSE around the minimum, in grid-index space
-    kk = np.clip(k, 1, len(radii) - 2)
+    kk = np.clip(k, 1, kc - 2)
     rows = np.arange(n)
     s0, s1, s2 = sse[rows, kk - 1], sse[rows, kk], sse[rows, kk + 1]
     den = s0 - 2 * s1 + s2
@@ -198,7 +251,8 @@ def fit_profiles(profiles: np.ndarray, r: np.ndarray, weights: np.ndarray, psf_p
 
 
 def line_excess(circle: np.ndarray, centre: np.ndarray, noise: np.ndarray,
-                max_width: np.ndarray, *, explained: np.ndarray | None = None) -> np.ndarray:
+                max_width: np.ndarray, *, explained: np.ndarray | None = None,
+                return_residual: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Fraction of a candidate's peak that straight fibers through it do not explain.
 
     Parameters
@@ -215,11 +269,14 @@ def line_excess(circle: np.ndarray, centre: np.ndarray, noise: np.ndarray,
     explained
         (n, A) optional mask of circle samples already explained by another object (a
         touching vesicle): they take part in no spoke.
+    return_residual
+        Also return the unexplained peak ``centre - base - lines`` (intensity units, >= 0).
 
     Returns
     -------
     (n,) ``(centre - base - lines) / (centre - base)``, clipped to [0, 1], where ``base`` is
-    the 25th percentile of the circle and ``lines`` the fibers' share of the centre value.
+    the 25th percentile of the circle and ``lines`` the fibers' share of the centre value;
+    with ``return_residual``, a tuple ``(excess, residual)``.
 
     Notes
     -----
@@ -235,7 +292,14 @@ def line_excess(circle: np.ndarray, centre: np.ndarray, noise: np.ndarray,
         base = np.percentile(circle, 25, axis=1)
     else:  # the base from the samples no neighbour covers (all of them if none is free)
         free = np.where(explained.all(axis=1, keepdims=True), True, ~explained)
-        base = np.nanpercentile(np.where(free, circle, np.nan), 25, axis=1)
+        # 25th percentile (linear) of the free samples of each row, vectorised
+        srt = np.sort(np.where(free, circle, np.inf), axis=1)
+        n_free = free.sum(axis=1)
+        pos = 0.25 * (n_free - 1)
+        lo = np.floor(pos).astype(np.int64)
+        hi = np.minimum(lo + 1, n_free - 1)
+        rows = np.arange(n)
+        base = srt[rows, lo] + (srt[rows, hi] - srt[rows, lo]) * (pos - lo)
     height = centre - base
     v = circle - base[:, None]
     if explained is not None:
@@ -244,6 +308,7 @@ def line_excess(circle: np.ndarray, centre: np.ndarray, noise: np.ndarray,
     nxt = np.roll(v, -1, axis=1)
     is_max = (v >= prev) & (v > nxt) & (v > 3.0 * noise[:, None])
     out = np.zeros(n)
+    lines_all = np.zeros(n)
     tol = a // 8  # +-45 degrees counts as opposite (fibers bend, centres are not exact)
     for i in np.flatnonzero(height > 0):  # per candidate: a handful of spokes each
         idx = np.flatnonzero(is_max[i])
@@ -270,8 +335,13 @@ def line_excess(circle: np.ndarray, centre: np.ndarray, noise: np.ndarray,
                 lines += vals[p]  # the higher of the two: a weak opposite bump is no fiber
             else:
                 lines += vals[p]
+        lines_all[i] = lines
         out[i] = (height[i] - lines) / height[i]
-    return np.clip(out, 0.0, 1.0)
+    out = np.clip(out, 0.0, 1.0)
+    resid = np.maximum(height - lines_all, 0.0)
+    if return_residual:
+        return out, resid
+    return out
 
 
 def _run_length(mask: np.ndarray, k: int) -> int:

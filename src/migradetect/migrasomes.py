@@ -18,12 +18,21 @@ Method (one frame)
    (b) the "line excess": intensities add, so the share of the peak explained by straight
    fibers through the candidate is estimated from the fibers' crossings ("spokes") of a circle
    just outside the object; fiber interiors, tips and crossings explain their whole peak, a
-   vesicle on a fiber does not (see :func:`migradetect._blobfit.line_excess`).
+   vesicle on a fiber does not (see :func:`migradetect._blobfit.line_excess`). The share
+   (``min_line_excess``) is not enough on bright fibers, where a 3-sigma noise bump is a large
+   share of a small excess: the unexplained peak must also be significant, at least
+   ``min_excess_snr`` noise sigmas of the smoothed image (pixel noise times the kernel's L2
+   norm).
 4. **Centre and diameter.** The centre is refined by a Gaussian-weighted centroid on the frame;
    the diameter comes from a least-squares fit of a thin spherical shell convolved with the
    Gaussian PSF to the candidate's azimuthal median profile (see :mod:`migradetect._blobfit`):
    right for PSF-limited puncta and for large limb-brightened rings alike.
-5. **Duplicates.** Candidates are taken from large to small fitted radius; a candidate whose
+5. **Inside cells.** With ``reject_inside_cells``, puncta inside a cell body are dropped
+   unless resolved (``inside_cell_min_diameter_um``: intracellular vesicles are mostly
+   sub-resolution) AND fitted well by the vesicle model (``inside_cell_min_fit_r2``): the cell
+   body's own smooth micrometre-scale humps are found by the scale space at large scales but
+   have no vesicle edge, so the shell model explains little of their profile.
+6. **Duplicates.** Candidates are taken from large to small fitted radius; a candidate whose
    centre lies inside an accepted object's disk is dropped (a ring gives one detection),
    while two touching vesicles, each centre outside the other, are both kept.
 """
@@ -37,11 +46,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage as ndi
 
 from migradetect import schema
 from migradetect._blobfit import (
     N_RADII,
+    bilinear,
     fit_profiles,
     line_excess,
     sample_polar,
@@ -74,6 +83,11 @@ class MigrasomeConfig:
                                      "(1: round blob, 0: line)")
     min_line_excess: float = param(0.3, min=0.0, max=1.0,
                                    help="share of the peak not explained by fibers through it")
+    min_excess_snr: float = param(
+        5.0, min=0.0,
+        help="the peak not explained by fibers through it, in noise sigmas of the smoothed "
+             "image at the detection scale: a noise bump on a bright fiber has a large share "
+             "but no significance")
     score_snr_scale: float = param(5.0, min=0.1,
                                    help="SNR at which the score's SNR term reaches 1 - 1/e")
     reject_inside_cells: bool = param(True, help="drop puncta inside cell bodies (vesicles)")
@@ -82,6 +96,11 @@ class MigrasomeConfig:
         help="with reject_inside_cells, puncta inside a cell body are kept when at least this "
              "large: intracellular vesicles are mostly sub-resolution (< 0.5 um), a migrasome "
              "the cell has moved over is resolved")
+    inside_cell_min_fit_r2: float = param(
+        0.7, min=0.0, max=1.0,
+        help="with reject_inside_cells, a resolved punctum inside a cell body is kept only when "
+             "the vesicle (shell) model explains at least this share of its radial profile: "
+             "the cell body's own smooth micrometre-scale humps do not have a vesicle's edge")
 
     def __post_init__(self) -> None:
         if self.max_diameter_um <= self.min_diameter_um:
@@ -120,11 +139,14 @@ def noise_map(frame: np.ndarray, *, block: int = _NOISE_BLOCK) -> np.ndarray:
                                            + f[1:-1:2, :-2:2] + f[1:-1:2, 2::2]))
     hb = max(block // 2, 1)
     ny, nx = -(-f.shape[0] // block), -(-f.shape[1] // block)
-    out = np.empty((ny, nx), dtype=np.float64)
-    for by in range(ny):  # at most ~16 x 16 blocks per 1024^2 frame
-        for bx in range(nx):
-            blk = h[by * hb:(by + 1) * hb, bx * hb:(bx + 1) * hb]
-            out[by, bx] = np.median(blk) if blk.size else np.nan
+    if h.size == 0:
+        out = np.full((ny, nx), np.nan)
+    else:
+        # blocks as one (ny, nx, hb*hb) array: the ragged last row/column of blocks is
+        # completed by mirroring (it repeats a pixel row or two; the median barely moves)
+        hp = np.pad(h, ((0, ny * hb - h.shape[0]), (0, nx * hb - h.shape[1])), mode="symmetric")
+        blocks = hp.reshape(ny, hb, nx, hb).transpose(0, 2, 1, 3).reshape(ny, nx, hb * hb)
+        out = np.median(blocks, axis=2).astype(np.float64)
     if np.isnan(out).any():
         out[np.isnan(out)] = np.nanmedian(out)
     out *= 1.4826 / math.sqrt(1.25)
@@ -248,8 +270,8 @@ def detect_migrasomes(
     radii = r_win[:, None] * frac[None, :]
 
     # local baseline at the initial centre, then the centre, then the profile fit
-    prof0 = np.median(sample_polar(img, cand["y"], cand["x"], radii), axis=2)
-    base0 = np.median(prof0[:, -N_RADII // 4:], axis=1)
+    r_out = radii[:, -N_RADII // 4:]  # the baseline needs the outer quarter only
+    base0 = np.median(np.median(sample_polar(img, cand["y"], cand["x"], r_out), axis=2), axis=1)
     cy, cx = weighted_centroid(img, cand["y"], cand["x"], np.maximum(s_det, psf_px), base0)
     prof = np.median(sample_polar(img, cy, cx, radii), axis=2)
     weights = np.minimum(1.0 + 2 * np.pi * radii, 32.0)
@@ -258,6 +280,7 @@ def detect_migrasomes(
 
     # line excess on the smoothed image of the detection scale
     excess = np.zeros(n)
+    resid_sig = np.zeros(n)  # unexplained peak / noise of the smoothed image
     pairs = _neighbour_pairs(cy, cx, radius, psf_px)
     for jj in np.unique(cand["j"]):
         sel = np.flatnonzero(cand["j"] == jj)
@@ -273,17 +296,19 @@ def detect_migrasomes(
         outer = rings[:, 1, :]
         outer = np.maximum(np.maximum(outer, np.roll(outer, 1, axis=1)), np.roll(outer, -1, axis=1))
         circle = np.minimum(rings[:, 0, :], outer)
-        centre = ndi.map_coordinates(lev.g, [ly, lx], order=1, mode="nearest")
+        centre = bilinear(lev.g, ly, lx)
         g_noise = nz[sel] * _gauss_norm(lev.sigma)  # ||g_sigma||_2 times pixel noise
         # a fiber's spoke is ~2.4 widths (FWHM) wide; allow 2x for angle and noise
         spacing = 2 * np.pi * rc / circle.shape[1]
-        excess[sel] = line_excess(circle, centre, g_noise, 2 * 2.4 * width / spacing + 1,
-                                  explained=explained)
+        excess[sel], resid = line_excess(circle, centre, g_noise, 2 * 2.4 * width / spacing + 1,
+                                         explained=explained, return_residual=True)
+        resid_sig[sel] = resid / g_noise
 
     peak_snr = fit["peak"] / nz
     max_r = config.max_diameter_um / 2 / pixel_size_um
     ok = ((peak_snr >= config.threshold_snr) & (fit["amplitude"] > 0)
-          & (excess >= config.min_line_excess) & (radius <= 1.15 * max_r)
+          & (excess >= config.min_line_excess) & (resid_sig >= config.min_excess_snr)
+          & (radius <= 1.15 * max_r)
           & (cy >= 0) & (cx >= 0) & (cy <= shape[0] - 1) & (cx <= shape[1] - 1))
     idx = np.flatnonzero(ok)
     if idx.size == 0:
@@ -313,7 +338,9 @@ def detect_migrasomes(
         "score": score, "peak_snr": peak_snr[sel], "inside_cell": inside,
     })
     if config.reject_inside_cells:
-        df = df[~df["inside_cell"] | (df["diameter_um"] >= config.inside_cell_min_diameter_um)]
+        resolved = ((df["diameter_um"] >= config.inside_cell_min_diameter_um)
+                    & (fit["r2"][sel] >= config.inside_cell_min_fit_r2))
+        df = df[~df["inside_cell"] | resolved]
     df = df.sort_values(["y_px", "x_px"], kind="stable")
     return schema.conform(df, schema.DETECTIONS)
 
