@@ -13,8 +13,16 @@ image, which a position-based evaluation cannot tell apart) are counted separate
 Targets: complete tracks >= 0.90, id switches <= 1 per 100 track-frames, plateau diameter
 relative error <= 10 %, growth time error <= 2 frame intervals, drift RMS <= 0.3 px.
 
-Run: ``python benchmarks/bench_tracking.py [--seeds 2] [--size 384] [--frames 60]``;
-prints a table and writes ``benchmarks/results/tracking.json``.
+End-to-end mode (``--e2e``): the real pipeline (``pipeline.analyze_movie`` with the preset's
+config) on the simulated movie written as OME-TIFF, scored with ``evaluate.evaluate_dirs``
+(detection F1, complete tracks, id switches, assignment accuracy and coverage, exact counts per
+producing cell, plateau diameter and growth time errors, drift RMS against the true drift),
+plus the CPU seconds per frame of the per-frame part and of the across-time part (drift,
+cell tracking, linking, assignment, growth: everything after the last per-frame window).
+Run with ``OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1`` for comparable CPU times.
+
+Run: ``python benchmarks/bench_tracking.py [--seeds 2] [--size 384] [--frames 60] [--e2e]``;
+prints a table and writes ``benchmarks/results/tracking.json`` (``tracking_e2e.json``).
 """
 
 from __future__ import annotations
@@ -193,14 +201,111 @@ def run_case(preset: str, seed: int, crowded: bool, drift: bool, args) -> dict:
     return row
 
 
+E2E_METRICS = {
+    "detection.f1": "det_f1",
+    "tracking.complete_tracks": "complete_tracks",
+    "tracking.id_switches_per_100_track_frames": "id_switches_per_100",
+    "assignment.accuracy": "assign_accuracy",
+    "assignment.coverage": "assign_coverage",
+    "assignment.count_exact_fraction": "count_exact_fraction",
+    "growth.plateau_rel_error_median": "plateau_rel_err",
+    "growth.growth_time_abs_error_median_frames": "growth_time_err_frames",
+    "growth.n_used": "n_growth_used",
+    "drift.rms_px": "drift_rms_px",
+    "drift.max_px": "drift_max_px",
+}
+
+
+def run_e2e(preset: str, seed: int, crowded: bool, drift: bool, args, workdir: Path) -> dict:
+    """The real pipeline on one simulated movie, scored against its truth."""
+    from migradetect import io, pipeline, report
+    from migradetect.config import load_config
+    from migradetect.synthetic import write_simulation
+
+    sim = simulate(preset=preset, seed=seed, size=args.size, n_frames=args.frames,
+                   n_cells=args.cells, drift=drift, crowded=crowded)
+    folder = workdir / f"{preset}_{seed}_{int(crowded)}_{int(drift)}"
+    write_simulation(sim, folder, fmt="ome")
+    true_drift = sim.truth["drift"]
+    n_vis = sim.truth["migrasomes"].loc[lambda d: d["visible"].astype(bool)].groupby("frame").size()
+    del sim
+    movie = io.open_movie(folder / "movie.ome.tif")
+    config = load_config(preset)
+    marks: dict[str, float] = {}
+
+    def progress(done: int, total: int) -> None:
+        if done == movie.n_frames and "per_frame" not in marks:
+            marks["per_frame"] = time.process_time()
+
+    c0 = time.process_time()
+    res = pipeline.analyze_movie(movie, config, experiment="bench",
+                                 labels_path=folder / "result" / "labels.zarr",
+                                 progress=progress)
+    c1 = time.process_time()
+    report.write_movie_results(res, folder / "result")
+    table = evaluate.evaluate_dirs(folder, folder / "result")
+    values = dict(zip(table["metric"], table["value"], strict=True))
+    row = {"preset": preset, "seed": seed, "crowded": crowded, "drift": drift}
+    row.update({short: values.get(name, float("nan")) for name, short in E2E_METRICS.items()})
+    obs = n_vis[n_vis >= 3].index
+    row["drift_rms_observable_px"] = observable_rms(true_drift, res.tables["drift.csv"], obs)
+    pf = marks.get("per_frame", c1)
+    row["per_frame_cpu_s_per_frame"] = (pf - c0) / args.frames
+    row["across_time_cpu_s_per_frame"] = (c1 - pf) / args.frames
+    return row
+
+
+def main_e2e(args) -> None:
+    import tempfile
+
+    rows = []
+    seed = 1000
+    with tempfile.TemporaryDirectory(prefix="bench_tracking_") as tmp:
+        for preset in args.presets.split(","):
+            for crowded in (False, True):
+                for drift in (False, True):
+                    for _ in range(args.seeds):
+                        rows.append(run_e2e(preset, seed, crowded, drift, args, Path(tmp)))
+                        seed += 1
+                        print(pd.DataFrame(rows[-1:]).round(3).to_string(index=False), flush=True)
+    df = pd.DataFrame(rows)
+    summary = {
+        "complete_tracks_min": float(df["complete_tracks"].min()),
+        "id_switches_per_100_max": float(df["id_switches_per_100"].max()),
+        "assign_accuracy_min": float(df["assign_accuracy"].min()),
+        "assign_coverage_min": float(df["assign_coverage"].min()),
+        "count_exact_fraction_min": float(df["count_exact_fraction"].min()),
+        "plateau_rel_err_max": float(df["plateau_rel_err"].max()),
+        "growth_time_err_frames_max": float(df["growth_time_err_frames"].max()),
+        "drift_rms_px_max": float(df["drift_rms_px"].max()),
+        "drift_rms_observable_px_max": float(df["drift_rms_observable_px"].max()),
+        "across_time_cpu_s_per_frame_median": float(df["across_time_cpu_s_per_frame"].median()),
+        "per_frame_cpu_s_per_frame_median": float(df["per_frame_cpu_s_per_frame"].median()),
+    }
+    pd.set_option("display.width", 250)
+    print(df.round(3).to_string(index=False))
+    print(json.dumps(summary, indent=2))
+    out = OUT.with_name("tracking_e2e.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"args": vars(args), "summary": summary,
+                               "cases": json.loads(df.to_json(orient="records"))}, indent=2))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=1, help="seeds per condition (from 1000)")
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--frames", type=int, default=60)
     p.add_argument("--cells", type=int, default=3)
+    p.add_argument("--e2e", action="store_true",
+                   help="run the real pipeline on the movies (end-to-end) instead of linking "
+                        "degraded truth detections")
+    p.add_argument("--presets", default="tspan4_gfp,wga")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.e2e:
+        main_e2e(args)
+        return
     rows = []
     seed = 1000
     for preset in ("tspan4_gfp", "wga"):

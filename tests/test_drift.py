@@ -8,7 +8,8 @@ import pytest
 from scipy import ndimage as ndi
 
 from migradetect.drift import (
-    DriftConfig, drift_from_pairs, estimate_drift, refine_drift, register_pair,
+    DriftConfig, drift_from_edges, drift_from_pairs, estimate_drift, pair_list, prepare_frame,
+    product_bin, refine_drift, register_pair, register_prepared, register_products,
 )
 from migradetect.errors import InputError
 
@@ -81,7 +82,8 @@ def test_disabled_single_frame_and_pairs():
     assert d.dy_px.tolist() == [0.0, 0.0, 0.0]
     assert len(estimate_drift(frames[:1], pixel_size_um=PX)) == 1
     d = drift_from_pairs([(1.0, 2.0, 0.9), (0.5, -1.0, 0.8)])
-    assert d.dy_px.tolist() == [0.0, 1.0, 1.5] and d.dx_px.tolist() == [0.0, 2.0, 1.0]
+    assert d.dy_px.to_numpy() == pytest.approx([0.0, 1.0, 1.5], abs=1e-6)
+    assert d.dx_px.to_numpy() == pytest.approx([0.0, 2.0, 1.0], abs=1e-6)
 
 
 def test_bad_frames():
@@ -89,3 +91,129 @@ def test_bad_frames():
         register_pair(np.zeros((16, 16)), np.zeros((16, 17)), pixel_size_um=PX)
     with pytest.raises(InputError, match=r"\(Y, X\)"):
         register_pair(np.zeros((2, 16, 16)), np.zeros((2, 16, 16)), pixel_size_um=PX)
+
+
+def test_prepare_frame_is_small_and_masks_cells():
+    pts, amps = _scene()
+    img, mask = _render(pts, amps, (0, 0), cell_centre=(64, 40))
+    p = prepare_frame(img, mask, pixel_size_um=PX)
+    k = product_bin(PX)
+    assert k == 2 and p.dtype == np.float16 and p.shape == (64, 64)
+    # the cell (radius 10 product px) plus its 2 um margin (6.7 product px) is NaN
+    assert np.isnan(p[32, 20]) and np.isnan(p[32, 20 + 10 + 6])
+    assert np.isfinite(p[32, 20 + 10 + 8]) and np.isfinite(p[32, 60])
+    # bounded memory: a 1024 x 1024 frame gives 0.5 MiB, 200 MiB for 400 frames
+    big = prepare_frame(np.random.default_rng(0).normal(100, 5, (1024, 1024)),
+                        pixel_size_um=0.15)
+    assert big.nbytes == 512 * 512 * 2
+    assert np.isnan(prepare_frame(np.zeros((64, 64)), pixel_size_um=PX)).all()  # blank frame
+
+
+def test_shift_beyond_max_jump_is_not_found():
+    pts, amps = _scene()
+    a, _ = _render(pts, amps, (0, 0))
+    b, _ = _render(pts, amps, (0, 24.0), seed=3)  # 24 px = 3.6 um
+    cfg = DriftConfig(max_jump_um=1.0)
+    dy, dx, q = register_pair(a, b, pixel_size_um=PX, config=cfg)
+    assert not (abs(dx - 24.0) < 1.0)  # the true peak lies outside the search disk
+    dy, dx, q = register_pair(a, b, pixel_size_um=PX)
+    assert dx == pytest.approx(24.0, abs=0.1) and q > 0.5
+
+
+def test_guess_limits_the_search_to_a_local_peak():
+    pts, amps = _scene()
+    a, _ = _render(pts, amps, (0, 0))
+    b, _ = _render(pts, amps, (2.3, -1.4), seed=3)
+    pa, pb = prepare_frame(a, pixel_size_um=PX), prepare_frame(b, pixel_size_um=PX)
+    dy, dx, q = register_prepared(pa, pb, pixel_size_um=PX, guess=(2.0, -1.0))
+    assert dy == pytest.approx(2.3, abs=0.1) and dx == pytest.approx(-1.4, abs=0.1)
+    # no peak within long_pair_radius_um (0.5 um = 3.3 px) of a wrong guess
+    dy, dx, q = register_prepared(pa, pb, pixel_size_um=PX, guess=(12.0, 10.0))
+    assert np.isnan(q)
+
+
+def test_redundant_pairs_outvote_a_wrong_one():
+    truth = np.cumsum(np.r_[0.0, np.linspace(0.5, 1.5, 9)])
+    cfg = DriftConfig(pair_gap=2)
+    edges = [(i, j, truth[j] - truth[i], 0.0, 0.9) for i, j in pair_list(10, config=cfg)]
+    assert {j - i for i, j, *_ in edges} == {1, 2}
+    edges[4] = (edges[4][0], edges[4][1], edges[4][2] + 6.0, 0.0, 0.9)  # one wrong pair
+    d = drift_from_edges(edges, 10, config=cfg)
+    np.testing.assert_allclose(d.dy_px, truth, atol=0.05)
+    # an unreliable pair is bridged by the gap-2 pairs over it
+    edges = [(i, j, truth[j] - truth[i], 0.0, np.nan if (i, j) == (4, 5) else 0.9)
+             for i, j in pair_list(10, config=cfg)]
+    np.testing.assert_allclose(drift_from_edges(edges, 10, config=cfg).dy_px, truth, atol=1e-3)
+    # frames that no reliable pair reaches hold the nearest reliable drift (no information)
+    edges = [(i, j, truth[j] - truth[i], 0.0, 0.05 if i < 3 else 0.9)
+             for i, j in pair_list(10, config=cfg)]
+    d = drift_from_edges(edges, 10, config=cfg)
+    np.testing.assert_allclose(d.dy_px[:4], 0.0, atol=1e-3)
+    np.testing.assert_allclose(d.dy_px[3:] - d.dy_px[3], truth[3:] - truth[3], atol=1e-3)
+    assert np.isnan(d.quality[1]) and d.quality[0] == 1.0
+
+
+def test_long_pairs_follow_the_short_ones():
+    """Pairs 4 and 8 frames apart are found near the drift of the short pairs (a moving cell
+    masked out), and the solution keeps the slow drift plus a sudden jump."""
+    pts, amps = _scene(seed=5, n=40)
+    truth = np.column_stack([0.4 * np.arange(10), -0.25 * np.arange(10)])
+    truth[6:] += (9.0, 5.0)
+    frames, masks = [], []
+    for t, s in enumerate(truth):
+        img, m = _render(pts, amps, s, cell_centre=(64, 30 + 3 * t), seed=20 + t)
+        frames.append(img)
+        masks.append(m)
+    cfg = DriftConfig(pair_gap=8)
+    products = [prepare_frame(f, m, pixel_size_um=PX, config=cfg) for f, m in zip(frames, masks)]
+    edges = register_products(products, pixel_size_um=PX, config=cfg)
+    assert {j - i for i, j, *_ in edges} == {1, 2, 4, 8}
+    assert all(q > 0.5 for *_, q in edges)
+    for i, j, dy, dx, _ in edges:
+        assert dy == pytest.approx(truth[j, 0] - truth[i, 0], abs=0.15)
+        assert dx == pytest.approx(truth[j, 1] - truth[i, 1], abs=0.15)
+    d = drift_from_edges(edges, 10, config=cfg)
+    assert np.hypot(d.dy_px - truth[:, 0], d.dx_px - truth[:, 1]).max() < 0.1
+    pd.testing.assert_frame_equal(d, estimate_drift(np.stack(frames), np.stack(masks),
+                                                    pixel_size_um=PX, config=cfg))
+
+
+def test_refine_ignores_moving_tracks():
+    rng = np.random.default_rng(1)
+    n = 8
+    truth = np.column_stack([0.3 * np.arange(n), 0.1 * np.arange(n)])
+    rows = []
+    for tid, (y, x) in enumerate(rng.uniform(10, 100, (6, 2))):
+        v = 1.5 if tid == 0 else 0.0  # track 0 slides (not a fiducial)
+        for t in range(n):
+            rows.append((t, tid, y + truth[t, 0] + v * t + rng.normal(0, 0.05),
+                         x + truth[t, 1] + rng.normal(0, 0.05), 1.0))
+    det = pd.DataFrame(rows, columns=["frame", "track_id", "y_px", "x_px", "diameter_um"])
+    coarse = pd.DataFrame({"frame": np.arange(n), "dy_px": truth[:, 0] + 0.2 * np.arange(n),
+                           "dx_px": truth[:, 1]})
+    refined = refine_drift(det, coarse, pixel_size_um=PX)
+    np.testing.assert_allclose(refined.dy_px, truth[:, 0], atol=0.1)
+
+
+def test_two_fiducials_fix_unregistered_frames():
+    """The first frames had no reliable pair (drift held at 0); two static migrasomes seen
+    from frame 0 give their drift, and frame 0 stays the reference."""
+    n = 8
+    truth = np.column_stack([0.8 * np.arange(n), -0.5 * np.arange(n)])
+    # frames 0-2 without a reliable pair: the pair solution holds frame 0's drift (0) and the
+    # registered block from frame 3 on is off by the unseen drift truth[3]
+    held = np.where(np.arange(n)[:, None] >= 3, truth - truth[3], 0.0)
+    coarse = pd.DataFrame({"frame": np.arange(n), "dy_px": held[:, 0], "dx_px": held[:, 1],
+                           "registered": np.arange(n) >= 3})
+    rows = []
+    for tid, (y, x) in enumerate([(20.0, 30.0), (60.0, 45.0), (90.0, 10.0)]):
+        for t in range(n):
+            if tid == 2 and t < 3:
+                continue  # the third one appears later
+            rows.append((t, tid, y + truth[t, 0], x + truth[t, 1], 1.0))
+    det = pd.DataFrame(rows, columns=["frame", "track_id", "y_px", "x_px", "diameter_um"])
+    refined = refine_drift(det, coarse, pixel_size_um=PX)
+    np.testing.assert_allclose(refined[["dy_px", "dx_px"]].to_numpy(), truth, atol=1e-6)
+    # without the flag, frames with fewer than refine_min_objects (3) fiducials keep the guess
+    kept = refine_drift(det, coarse.drop(columns="registered"), pixel_size_um=PX)
+    np.testing.assert_allclose(kept.dy_px[:3], 0.0, atol=1e-6)

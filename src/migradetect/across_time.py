@@ -40,7 +40,8 @@ def _pair_task(prev: np.ndarray, cur: np.ndarray, cells: Any, t: int, pixel_size
     """Shift of frame ``t`` relative to frame ``t - 1``, cells (from the label stack) masked."""
     from migradetect import drift as drift_mod
 
-    prev, cur = preprocess.finite_frame(np.asarray(prev), t - 1), preprocess.finite_frame(np.asarray(cur), t)
+    prev = preprocess.finite_frame(np.asarray(prev), t - 1)
+    cur = preprocess.finite_frame(np.asarray(cur), t)
     if np.ptp(prev) == 0 or np.ptp(cur) == 0:
         return 0.0, 0.0, 0.0  # a blank frame has nothing to register: no shift, no quality
     return drift_mod.register_pair(prev, cur,
@@ -50,12 +51,16 @@ def _pair_task(prev: np.ndarray, cur: np.ndarray, cells: Any, t: int, pixel_size
 
 def estimate_drift(movie: Any, group: Any, channel: int, *, pixel_size_um: float,
                    config: Config, detections: pd.DataFrame,
-                   compute: Callable[[list[Any]], list[Any]], key: str) -> pd.DataFrame:
+                   compute: Callable[[list[Any]], list[Any]], key: str,
+                   products: list[Any] | None = None) -> pd.DataFrame:
     """Cumulative stage drift per frame (``frame, dy_px, dx_px``, 0 at frame 0).
 
-    Each pair of consecutive frames of the migrasome channel is registered in its own dask
-    task (computed with ``compute``) with the cells of the ``cells`` label stack masked out
-    (moving cells are not fiducials); the chain is then refined on the anchored migrasome
+    With ``products`` (one :func:`migradetect.drift.prepare_frame` result per frame, made by
+    the per-frame tasks), the pairs of :func:`migradetect.drift.register_products` are
+    registered from memory and solved by :func:`migradetect.drift.drift_from_edges`.
+    Without them, each pair of consecutive frames of the migrasome channel is read and
+    registered in its own dask task (computed with ``compute``) with the cells of the
+    ``cells`` label stack masked out. The result is then refined on the anchored migrasome
     detections (``drift.refine_drift``, when ``drift.refine`` is on). A single frame, or
     ``drift.enabled`` False, gives zero drift. ``key`` makes the task keys unique.
     """
@@ -64,12 +69,22 @@ def estimate_drift(movie: Any, group: Any, channel: int, *, pixel_size_um: float
     n = int(movie.n_frames)
     if n < 2 or not config.drift.enabled:
         return zero_drift(n)
-    frames = movie.data[:, channel, 0]
-    cells = group["cells"]
-    tasks = [dask.delayed(_pair_task)(frames[t - 1], frames[t], cells, t, pixel_size_um,
-                                      config.drift, dask_key_name=f"migradetect-drift-{key}-{t}")
-             for t in range(1, n)]
-    table = drift_mod.drift_from_pairs(compute(tasks))
+    if products is not None:
+        if len(products) != n:
+            raise ValueError(f"{len(products)} drift products for {n} frames")
+        # registered here from memory, on the threaded scheduler whatever ran the frames
+        # (shipping the products to cluster workers costs more than registering them)
+        edges = drift_mod.register_products(products, pixel_size_um=pixel_size_um,
+                                            config=config.drift)
+        table = drift_mod.drift_from_edges(edges, n, config=config.drift)
+    else:
+        frames = movie.data[:, channel, 0]
+        cells = group["cells"]
+        tasks = [dask.delayed(_pair_task)(frames[t - 1], frames[t], cells, t, pixel_size_um,
+                                          config.drift,
+                                          dask_key_name=f"migradetect-drift-{key}-{t}")
+                 for t in range(1, n)]
+        table = drift_mod.drift_from_pairs(compute(tasks), config=config.drift)
     if len(detections):
         table = drift_mod.refine_drift(detections, table, pixel_size_um=pixel_size_um,
                                        config=config.drift, tracking_config=config.tracking)

@@ -1,34 +1,70 @@
-"""Stage drift: masked frame registration, then refinement on anchored migrasomes.
+"""Stage drift: masked frame registration on a pair graph, then refinement on anchored migrasomes.
 
 Convention: the drift of frame ``t`` is ``(dy_px, dx_px)`` such that the image coordinate of
 a fixed object at frame ``t`` is its frame-0 coordinate plus ``(dy, dx)``; frame 0 is 0.
 
+Method
+------
+Stage drift moves everything that is fixed on the coverslip (retraction fibers, migrasomes,
+debris) together, while migrating cells move on their own. Each frame is therefore reduced once
+(:func:`prepare_frame`, what the per-frame pipeline task returns) to a small registration
+product: the frame block-averaged to about 0.3 µm pixels, band-passed at the scale of fibers and
+migrasomes (a Gaussian high-pass of ``highpass_um``, ~1.2 µm, removes the cell bodies' smooth
+texture and the uneven background), normalised by its robust noise, and with the cells plus a
+``cell_margin_um`` margin set to NaN (excluded). Products are float16: a 1024² frame at 0.15 µm
+pixels is 0.5 MiB, 200 MiB for 400 frames.
+
+A pair of products is registered (:func:`register_prepared`) by masked normalised
+cross-correlation (skimage's ``cross_correlate_masked``): at a shift ``d`` a pixel ``x``
+counts where ``prev`` is cell-free at ``x`` and ``cur`` at ``x + d``, so both frames' cells
+are excluded in stage coordinates (the union of the masks, even across a sudden jump). The
+peak search is limited to ``max_jump_um``; a Gaussian (log-parabola) fit of the 3x3 peak
+neighbourhood gives the sub-pixel position (analytic: no image shifts). ``quality`` is the
+correlation at the peak; a peak that does not stand ``min_significance`` noise units above 0
+(noise of a correlation over ``n`` independent pixels: ``1 / sqrt(n)``) means the frames share
+no fixed structure (e.g. early frames before any fiber exists) and the pair is not used.
+
+Each frame is registered to the frames 1, 2, 4, ... ``pair_gap`` before it: pairs of gap 1
+and 2 by a global search (up to ``max_jump_um``), the longer ones only near the drift the short
+ones give (:func:`register_products`), so they cancel the slow bias a chain of short pairs
+accumulates without ever locking onto a far-off peak. :func:`drift_from_edges` solves the
+cumulative drift from all reliable pairs by iteratively reweighted least squares (a pair
+inconsistent with the others loses its weight: Cauchy weights at ``consistency_px``), with a
+weak prior that interpolates frames without any reliable pair linearly and holds the nearest
+reliable drift before the first / after the last one (e.g. early frames before any fiber
+exists carry no drift information). Finally :func:`refine_drift` removes the remaining
+random-walk error with anchored migrasomes (long tracks whose positions agree closely).
+
 Public functions
 ----------------
+``prepare_frame(frame, cell_mask=None, *, pixel_size_um, config=None) -> ndarray``
+    The registration product of one frame (float16, NaN = excluded).
+``register_prepared(prev, cur, *, pixel_size_um, config=None) -> (dy_px, dx_px, quality)``
+    Shift of ``cur`` relative to ``prev`` (full-resolution px) from two products.
 ``register_pair(prev, cur, prev_mask=None, cur_mask=None, *, pixel_size_um, config=None)
 -> (dy_px, dx_px, quality)``
-    Shift of ``cur`` relative to ``prev`` (a fixed object at ``p`` in ``prev`` is at
-    ``p + (dy, dx)`` in ``cur``). ``*_mask`` are cell masks (labels or booleans, > 0 = cell):
-    migrating cells are excluded (dilated by ``cell_margin_um``) because they bias a
-    whole-frame correlation. Integer search: skimage's masked normalised cross-correlation
-    (``phase_cross_correlation`` with masks, which searches every shift, so a sudden 20 px
-    jump is found); sub-pixel: Gauss-Newton minimisation of the masked squared difference with
-    spline-shifted images (written here because skimage's masked mode returns whole pixels
-    only). ``quality`` is the masked correlation after alignment (1 = identical).
-    One call per frame pair, so the pipeline can run one dask task per pair.
-``drift_from_pairs(pair_shifts, *, config=None) -> DataFrame[frame, dy_px, dx_px, quality]``
-    Cumulative sum of the pair shifts (row ``k`` is the pair ``(k, k+1)``); unreliable pairs
-    (quality < ``min_quality``) are interpolated from the reliable ones.
+    The same from two raw frames and their cell masks (labels or booleans, > 0 = cell): a
+    fixed object at ``p`` in ``prev`` is at ``p + (dy, dx)`` in ``cur``.
+``drift_from_edges(edges, n_frames, *, config=None)
+-> DataFrame[frame, dy_px, dx_px, quality, registered]``
+    Cumulative drift from pair shifts ``(i, j, dy, dx, quality)`` (``j > i``); ``registered``
+    is False for frames that no reliable pair reaches (their drift is a guess).
+``drift_from_pairs(pair_shifts, *, config=None) -> DataFrame``
+    The same for a chain: row ``k`` of ``pair_shifts`` is the pair ``(k, k+1)``.
 ``estimate_drift(frames, cell_masks=None, *, pixel_size_um, config=None) -> DataFrame``
-    Both of the above over a ``(T, Y, X)`` indexable, reading two frames at a time.
+    All of the above over a ``(T, Y, X)`` indexable, one frame read at a time.
 ``drift_at_frames(drift, frames) -> (dy, dx)``
     The drift table looked up (linearly interpolated; 0 when the table is None or empty) at
     any frames.
 ``refine_drift(detections, drift, *, pixel_size_um, config=None, tracking_config=None)``
-    Removes the random-walk error of the pairwise chain with anchored migrasomes (static
+    Removes the random-walk error of the pair solution with anchored migrasomes (static
     fiducials): the detections are linked in coarse-corrected coordinates (unless they carry
-    ``track_id``), and each frame gets the median residual of its long-lived tracks from their
-    track medians (alternating a few times), relative to frame 0.
+    ``track_id``); tracks of at least ``refine_min_track_frames`` whose corrected positions
+    scatter less than ``refine_max_scatter_um`` are fiducials; each frame gets the median
+    residual of its fiducials from their track medians (alternating a few times), relative to
+    frame 0, and only where ``refine_min_objects`` fiducials agree within
+    ``refine_max_scatter_um`` (two suffice in a frame that no reliable pair reaches,
+    e.g. the first frames, where only a migrasome or two exist yet).
 """
 
 from __future__ import annotations
@@ -41,14 +77,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
-from scipy.stats import theilslopes
-from skimage.registration import phase_cross_correlation
+from scipy import sparse
+from scipy.sparse.linalg import spsolve
+from skimage.registration._masked_phase_cross_correlation import cross_correlate_masked
 from skimage.transform import downscale_local_mean, resize
 
 from migradetect.errors import InputError
 from migradetect.params import param
 
 log = logging.getLogger(__name__)
+
+#: Target pixel size of the registration products (µm): fibers and migrasomes (>= 0.5 µm)
+#: stay resolved, and the correlation works on 4x fewer pixels at 0.15 µm pixels.
+PRODUCT_PIXEL_UM = 0.3
 
 
 @dataclass(frozen=True)
@@ -58,23 +99,44 @@ class DriftConfig:
     enabled: bool = param(True, help="estimate and correct stage drift")
     max_jump_um: float = param(
         10.0, unit="um", min=0.0, max=1000.0,
-        help="largest stage move between two frames that is accepted",
+        help="largest stage move between two frames that is searched for",
     )
     highpass_um: float = param(
-        5.0, unit="um", min=0.1, max=200.0,
-        help="Gaussian sigma of the background removed before registration",
+        1.2, unit="um", min=0.1, max=200.0,
+        help="Gaussian sigma of the background removed before registration (keeps fibers "
+             "and migrasomes, removes cell bodies and uneven illumination)",
     )
     smoothing_um: float = param(
         0.15, unit="um", min=0.0, max=5.0, help="Gaussian sigma of the noise smoothing",
     )
     cell_margin_um: float = param(
         2.0, unit="um", min=0.0, max=50.0,
-        help="cells are excluded from registration together with this margin",
+        help="cells are excluded from registration together with this margin (segmented "
+             "masks miss thin lamellipodia)",
     )
     min_quality: float = param(
-        0.4, min=0.0, max=1.0,
-        help="frame pairs whose aligned correlation is lower are unreliable: their shift is "
-             "interpolated from the reliable pairs",
+        0.2, min=0.0, max=1.0,
+        help="frame pairs whose peak correlation is lower are unreliable and not used; "
+             "frames without a reliable pair are interpolated",
+    )
+    min_significance: float = param(
+        7.0, min=0.0, max=100.0,
+        help="a correlation peak must stand this many noise units (1 / sqrt of the "
+             "independent overlapping pixels) above 0, else the pair has no common structure",
+    )
+    pair_gap: int = param(
+        16, unit="frames", min=1, max=64,
+        help="each frame is registered to the frames 1, 2, 4, ... up to this many before it "
+             "(redundant pairs outvote a wrong one; long pairs stop the chain's bias adding up)",
+    )
+    long_pair_radius_um: float = param(
+        0.5, unit="um", min=0.01, max=100.0,
+        help="pairs more than 2 frames apart look for their peak only this far from the drift "
+             "of the short pairs (they correct its slow bias, they do not search for jumps)",
+    )
+    consistency_px: float = param(
+        0.5, unit="px", min=0.01, max=100.0,
+        help="scale of the disagreement between pairs above which a pair is down-weighted",
     )
     refine: bool = param(True, help="refine the drift on anchored migrasomes")
     refine_min_track_frames: int = param(
@@ -82,6 +144,10 @@ class DriftConfig:
     )
     refine_min_objects: int = param(
         3, min=1, help="fewest fiducials in a frame for its drift to be refined",
+    )
+    refine_max_scatter_um: float = param(
+        0.15, unit="um", min=0.0, max=10.0,
+        help="fiducial tracks (and a frame's fiducials) must agree within this spread",
     )
 
 
@@ -107,6 +173,11 @@ def _as_frame(frame: Any) -> np.ndarray:
     return img
 
 
+def product_bin(pixel_size_um: float) -> int:
+    """Block size (px) that brings ``pixel_size_um`` to about :data:`PRODUCT_PIXEL_UM`."""
+    return max(1, int(PRODUCT_PIXEL_UM / float(pixel_size_um) + 1e-6))
+
+
 def _smooth_masked(img: np.ndarray, v: np.ndarray, sigma: float) -> np.ndarray:
     """Gaussian mean of ``img`` over the pixels where ``v`` is 1 (normalised convolution).
 
@@ -125,55 +196,206 @@ def _smooth_masked(img: np.ndarray, v: np.ndarray, sigma: float) -> np.ndarray:
     return bg.astype(np.float32, copy=False)
 
 
-def _prepare(img: np.ndarray, valid: np.ndarray, sigma_hp: float, sigma_s: float) -> np.ndarray:
-    """Smooth, then remove the background estimated from the valid (cell-free) pixels only.
+def _block_mean(img: np.ndarray, k: int) -> np.ndarray:
+    if k == 1:
+        return img
+    ny, nx = img.shape[0] // k * k, img.shape[1] // k * k
+    return img[:ny, :nx].reshape(ny // k, k, nx // k, k).mean(axis=(1, 3), dtype=np.float32)
 
-    The masked (normalised) Gaussian keeps a bright moving cell from leaking into the
-    background of the pixels around it, which would bias the registration.
+
+def prepare_frame(
+    frame: Any,
+    cell_mask: Any = None,
+    *,
+    pixel_size_um: float,
+    config: DriftConfig | None = None,
+) -> np.ndarray:
+    """The registration product of one frame (see the module docstring).
+
+    Parameters
+    ----------
+    frame
+        (Y, X) frame, camera counts (not modified).
+    cell_mask
+        (Y, X) cell labels or mask (> 0 = cell) of the same frame, or None.
+    pixel_size_um
+        µm per pixel of ``frame``.
+    config
+        :class:`DriftConfig`.
+
+    Returns
+    -------
+    ndarray
+        float16 ``(Y // k, X // k)`` with ``k = product_bin(pixel_size_um)``: the band-passed
+        frame in units of its robust noise; NaN on cells (with their margin).
     """
-    if sigma_s > 0:
-        img = ndi.gaussian_filter(img, sigma_s)
-    v = valid.astype(np.float32)
-    return (img - _smooth_masked(img, v, sigma_hp)) * v
+    config = config or DriftConfig()
+    img = _as_frame(frame)
+    k = product_bin(pixel_size_um)
+    b = _block_mean(img, k)
+    px = float(pixel_size_um) * k
+    valid = np.ones(b.shape, dtype=bool)
+    if cell_mask is not None:
+        cell = np.asarray(cell_mask)
+        if cell.shape != img.shape:
+            raise InputError(f"cell mask shape {cell.shape} differs from the frame {img.shape}.",
+                             fix="pass the cell labels of the same frame.")
+        cell = _block_mean((cell > 0).astype(np.float32), k) > 0
+        if cell.any():
+            margin = config.cell_margin_um / px
+            valid = ndi.distance_transform_edt(~cell) > margin if margin > 0 else ~cell
+    out = np.full(b.shape, np.nan, dtype=np.float16)
+    if valid.sum() < 16 or np.ptp(b) == 0:
+        return out
+    sig_s = config.smoothing_um / px
+    if sig_s > 0.25:
+        b = ndi.gaussian_filter(b, sig_s)
+    hp = b - _smooth_masked(b, valid.astype(np.float32), config.highpass_um / px)
+    vals = hp[valid]
+    noise = 1.4826 * float(np.median(np.abs(vals - np.median(vals))))
+    if not noise > 0:
+        noise = float(vals.std()) or 1.0
+    out[valid] = np.clip(hp[valid] / noise, -6e4, 6e4)
+    return out
 
 
-def _valid(mask: Any, shape: tuple[int, ...], margin_px: int) -> np.ndarray:
-    if mask is None:
-        return np.ones(shape, dtype=bool)
-    cell = np.asarray(mask) > 0
-    if margin_px > 0 and cell.any():
-        cell = ndi.binary_dilation(cell, iterations=margin_px)
-    return ~cell
+def _ncc_at(a: np.ndarray, b: np.ndarray, ma: np.ndarray, mb: np.ndarray, dy: int,
+            dx: int) -> tuple[float, int]:
+    """Masked normalised correlation of ``a(x)`` with ``b(x + d)`` and the pixels it used.
+
+    A pixel counts where ``a`` is valid at ``x`` and ``b`` at ``x + d``: both frames' cells
+    are excluded in stage coordinates. ``a`` and ``b`` are 0 outside their masks ``ma``,
+    ``mb`` (float32 0/1), so the sums need no boolean indexing. NaN when fewer than 16
+    pixels overlap.
+    """
+    ny, nx = a.shape
+    ya, yb = (slice(0, ny - dy), slice(dy, ny)) if dy >= 0 else (slice(-dy, ny), slice(0, ny + dy))
+    xa, xb = (slice(0, nx - dx), slice(dx, nx)) if dx >= 0 else (slice(-dx, nx), slice(0, nx + dx))
+    a_, b_ = a[ya, xa] * mb[yb, xb], b[yb, xb] * ma[ya, xa]  # both 0 off the overlap
+    n = float(np.sum(ma[ya, xa] * mb[yb, xb], dtype=np.float64))
+    if n < 16:
+        return math.nan, int(n)
+    sa, sb = float(np.sum(a_, dtype=np.float64)), float(np.sum(b_, dtype=np.float64))
+    cov = float(np.sum(a_ * b_, dtype=np.float64)) - sa * sb / n
+    va = float(np.sum(a_ * a_, dtype=np.float64)) - sa * sa / n
+    vb = float(np.sum(b_ * b_, dtype=np.float64)) - sb * sb / n
+    den = math.sqrt(va * vb) if va > 0 and vb > 0 else 0.0
+    return (cov / den if den > 0 else math.nan), int(n)
 
 
-def _refine_subpixel(a: np.ndarray, b: np.ndarray, va: np.ndarray, vb: np.ndarray,
-                     d: np.ndarray, n_iter: int = 8) -> tuple[np.ndarray, float]:
-    """Gauss-Newton: find d minimising sum over valid x of (b(x + d) - a(x))^2."""
-    border = np.zeros(a.shape, dtype=bool)
-    border[3:-3, 3:-3] = True
-    quality = math.nan
-    coef = ndi.spline_filter(b, order=3, mode="nearest")  # once, not at every iteration
-    for _ in range(n_iter):
-        w = ndi.shift(coef, -d, order=3, mode="nearest", prefilter=False)
-        vw = ndi.shift(vb.astype(np.float32), -d, order=0, mode="constant", cval=0) > 0.5
-        v = va & vw & border
-        if v.sum() < 16:
-            return d, math.nan
-        gy, gx = np.gradient(w)
-        r = (w - a)[v]
-        gy, gx = gy[v], gx[v]
-        jtj = np.array([[gy @ gy, gy @ gx], [gx @ gy, gx @ gx]], dtype=np.float64)
-        if abs(np.linalg.det(jtj)) < 1e-12:
+def _peak_offset(lo: float, c: float, hi: float) -> float:
+    """Sub-pixel offset of a peak from three samples (Gaussian fit; parabola if not > 0)."""
+    if lo > 0 and c > 0 and hi > 0:
+        lo, c, hi = math.log(lo), math.log(c), math.log(hi)
+    den = lo - 2 * c + hi
+    if not den < 0:
+        return 0.0
+    return float(np.clip(0.5 * (lo - hi) / den, -0.5, 0.5))
+
+
+def register_prepared(
+    prev: np.ndarray,
+    cur: np.ndarray,
+    *,
+    pixel_size_um: float,
+    config: DriftConfig | None = None,
+    guess: tuple[float, float] | None = None,
+) -> tuple[float, float, float]:
+    """Shift of ``cur`` relative to ``prev`` (full-resolution px) from two products.
+
+    Returns ``(dy_px, dx_px, quality)``; ``(0, 0, nan)`` when the products have too little
+    usable overlap. See the module docstring for the method. With ``guess`` (px), only the
+    peak within ``long_pair_radius_um`` of it is searched (no global search); a peak on the
+    edge of that disk is no peak (quality NaN).
+    """
+    config = config or DriftConfig()
+    if prev.shape != cur.shape:
+        raise InputError(f"frames differ in shape: {prev.shape} vs {cur.shape}.",
+                         fix="register frames of the same movie.")
+    k = product_bin(pixel_size_um)
+    a, b = prev.astype(np.float32), cur.astype(np.float32)
+    ma, mb = np.isfinite(a), np.isfinite(b)  # each frame's own cells (with margin) excluded
+    if ma.sum() < 64 or mb.sum() < 64:
+        return 0.0, 0.0, math.nan
+    a, b = np.where(ma, a, 0.0).astype(np.float32), np.where(mb, b, 0.0).astype(np.float32)
+    if not (a[ma].std() > 0 and b[mb].std() > 0):
+        return 0.0, 0.0, math.nan
+    px = pixel_size_um * k
+    # pixels per independent noise sample of a product (the noise smoothing correlates them)
+    area = max(1.0, 4 * math.pi * (config.smoothing_um / px) ** 2)
+    max_jump = config.max_jump_um / px
+    if guess is not None:
+        g = np.asarray(guess, dtype=np.float64) / k
+        return _local_peak(a, b, ma, mb, g, config.long_pair_radius_um / px, k, area,
+                           config.min_significance)
+    # integer search over every shift up to max_jump: masked NCC via FFT on a copy binned
+    # c x c down to ~100-200 px (the fine search below starts within c / 2 px of the peak)
+    c = 1
+    while min(a.shape) // (2 * c) >= 96:
+        c *= 2
+    if c > 1:
+        wa, wb = _block_mean(ma.astype(np.float32), c), _block_mean(mb.astype(np.float32), c)
+        ac = np.divide(_block_mean(a, c), wa, out=np.zeros_like(wa), where=wa > 0)
+        bc = np.divide(_block_mean(b, c), wb, out=np.zeros_like(wb), where=wb > 0)
+        mac, mbc = wa > 0.99, wb > 0.99
+    else:
+        ac, bc, mac, mbc = a, b, ma, mb
+    xc = cross_correlate_masked(bc, ac, mbc, mac, mode="full", axes=(0, 1), overlap_ratio=0.3)
+    xc = np.nan_to_num(np.real(xc), nan=-np.inf)
+    cy, cx = ac.shape[0] - 1, ac.shape[1] - 1
+    r = int(math.ceil(max_jump / c)) + 1
+    win = xc[max(cy - r, 0): cy + r + 1, max(cx - r, 0): cx + r + 1]
+    yy, xx = np.mgrid[: win.shape[0], : win.shape[1]]
+    oy, ox = min(cy, r), min(cx, r)
+    win = np.where(np.hypot(yy - oy, xx - ox) <= max_jump / c + 1, win, -np.inf)
+    iy, ix = np.unravel_index(int(np.argmax(win)), win.shape)
+    if not np.isfinite(win[iy, ix]):
+        return 0.0, 0.0, math.nan
+    d = np.array([(iy - oy) * c, (ix - ox) * c], dtype=np.int64)
+    dy, dx, q = _local_peak(a, b, ma, mb, d.astype(np.float64), c + 1.0, k, area,
+                            config.min_significance)
+    if math.hypot(dy, dx) > config.max_jump_um / pixel_size_um + k:
+        return 0.0, 0.0, math.nan
+    return dy, dx, q
+
+
+def _local_peak(a: np.ndarray, b: np.ndarray, ma: np.ndarray, mb: np.ndarray,
+                start: np.ndarray, radius: float, k: int, area: float,
+                min_significance: float) -> tuple[float, float, float]:
+    """Hill-climb the masked NCC from ``start`` (product px) within ``radius``, then fit.
+
+    The integer peak is refined by a 3-point Gaussian fit per axis; the shift is returned in
+    full-resolution px (``k`` px per product px). No peak (``(0, 0, nan)``) when the climb
+    leaves the disk, or when the peak correlation is not significant: ``q * sqrt(n / area)``
+    (``n`` overlapping pixels, ``area`` pixels per independent noise sample) is the peak in
+    units of the correlation's noise, and the best of a few thousand shifts of pure noise
+    reaches ~4.
+    """
+    cache: dict[tuple[int, int], tuple[float, int]] = {}
+    fa, fb = ma.astype(np.float32), mb.astype(np.float32)
+
+    def ncc(dy: int, dx: int) -> float:
+        if (dy, dx) not in cache:
+            v, n = _ncc_at(a, b, fa, fb, dy, dx)
+            cache[(dy, dx)] = (-math.inf if math.isnan(v) else v, n)
+        return cache[(dy, dx)][0]
+
+    d = np.round(start).astype(np.int64)
+    for _ in range(int(radius) + 3):
+        nb = [(ncc(d[0] + u, d[1] + v), u, v) for u in (-1, 0, 1) for v in (-1, 0, 1)]
+        best = max(nb)
+        if best[1] == 0 and best[2] == 0:
             break
-        step = -np.linalg.solve(jtj, np.array([gy @ r, gx @ r], dtype=np.float64))
-        step = np.clip(step, -1.0, 1.0)
-        d = d + step
-        av, wv = a[v] - a[v].mean(), w[v] - w[v].mean()
-        den = math.sqrt(float(av @ av) * float(wv @ wv))
-        quality = float(av @ wv) / den if den > 0 else math.nan
-        if np.hypot(*step) < 1e-3:
-            break
-    return d, quality
+        d = d + np.array(best[1:], dtype=np.int64)
+        if math.hypot(*(d - start)) > radius:
+            return 0.0, 0.0, math.nan
+    q = ncc(int(d[0]), int(d[1]))
+    n = cache[(int(d[0]), int(d[1]))][1]
+    if not np.isfinite(q) or q * math.sqrt(n / area) < min_significance:
+        return 0.0, 0.0, math.nan
+    fy = _peak_offset(ncc(d[0] - 1, d[1]), q, ncc(d[0] + 1, d[1]))
+    fx = _peak_offset(ncc(d[0], d[1] - 1), q, ncc(d[0], d[1] + 1))
+    return float((d[0] + fy) * k), float((d[1] + fx) * k), float(q)
 
 
 def register_pair(
@@ -187,79 +409,172 @@ def register_pair(
 ) -> tuple[float, float, float]:
     """Stage shift of ``cur`` relative to ``prev`` in px, and the alignment quality.
 
-    See the module docstring. Returns ``(dy_px, dx_px, quality)``; ``(0, 0, nan)`` when the
-    frames have no usable overlap or the shift exceeds ``max_jump_um``.
+    Both frames are reduced with :func:`prepare_frame` and registered with
+    :func:`register_prepared`. Returns ``(dy_px, dx_px, quality)``; ``(0, 0, nan)`` when the
+    frames have no usable overlap or no peak within ``max_jump_um``.
     """
     config = config or DriftConfig()
     a, b = _as_frame(prev), _as_frame(cur)
     if a.shape != b.shape:
         raise InputError(f"frames differ in shape: {a.shape} vs {b.shape}.",
                          fix="register frames of the same movie.")
-    margin = int(math.ceil(config.cell_margin_um / pixel_size_um))
-    va, vb = _valid(prev_mask, a.shape, margin), _valid(cur_mask, b.shape, margin)
-    sig_hp, sig_s = config.highpass_um / pixel_size_um, config.smoothing_um / pixel_size_um
-    a, b = _prepare(a, va, sig_hp, sig_s), _prepare(b, vb, sig_hp, sig_s)
-    if va.sum() < 64 or vb.sum() < 64:
-        log.warning("drift: too little cell-free area to register a frame pair; shift set to 0")
-        return 0.0, 0.0, math.nan
-    # whole-pixel search on 2x2-binned frames (4x fewer pixels for the FFTs); the
-    # Gauss-Newton step below converges from within a couple of pixels
-    bin_ = 2 if min(a.shape) >= 128 else 1
-    if bin_ > 1:
-        ab, bb = downscale_local_mean(a, (bin_, bin_)), downscale_local_mean(b, (bin_, bin_))
-        vab = downscale_local_mean(va.astype(np.float32), (bin_, bin_)) > 0.99
-        vbb = downscale_local_mean(vb.astype(np.float32), (bin_, bin_)) > 0.99
-    else:
-        ab, bb, vab, vbb = a, b, va, vb
-    if vab.all() and vbb.all():
-        shift, _, _ = phase_cross_correlation(ab, bb, upsample_factor=1, normalization=None)
-    else:
-        shift = phase_cross_correlation(ab, bb, reference_mask=vab, moving_mask=vbb,
-                                        overlap_ratio=0.3)[0]
-    d = -np.asarray(shift, dtype=np.float64) * bin_
-    max_jump = config.max_jump_um / pixel_size_um
-    if np.hypot(*d) > max_jump + 1.0:
-        log.warning("drift: pair shift %.1f px exceeds max_jump_um; set to 0", np.hypot(*d))
-        return 0.0, 0.0, math.nan
-    sa, sb = a[va].std(), b[vb].std()
-    if sa > 0 and sb > 0:
-        d, quality = _refine_subpixel(a / sa, b / sb, va, vb, d)
-    else:
-        quality = math.nan
-    if not quality >= config.min_quality:
-        log.info("drift: low registration quality %.3f for a frame pair", quality)
-    return float(d[0]), float(d[1]), float(quality)
+    pa = prepare_frame(a, prev_mask, pixel_size_um=pixel_size_um, config=config)
+    pb = prepare_frame(b, cur_mask, pixel_size_um=pixel_size_um, config=config)
+    out = register_prepared(pa, pb, pixel_size_um=pixel_size_um, config=config)
+    if not out[2] >= config.min_quality:
+        log.info("drift: low registration quality %.3f for a frame pair", out[2])
+    return out
+
+
+def pair_list(n_frames: int, *, config: DriftConfig | None = None) -> list[tuple[int, int]]:
+    """Frame pairs ``(i, j)`` registered for a movie: ``j`` to ``j - g`` for the gaps
+    1, 2, 4, ... up to ``pair_gap`` (short pairs first, then the long ones)."""
+    gap = (config or DriftConfig()).pair_gap
+    gaps = sorted({1, gap} | {2**e for e in range(gap.bit_length()) if 2**e <= gap})
+    return [(j - g, j) for g in gaps for j in range(1, n_frames) if j - g >= 0]
+
+
+def register_products(
+    products: Any,
+    *,
+    pixel_size_um: float,
+    config: DriftConfig | None = None,
+    compute: Any = None,
+) -> list[tuple[int, int, float, float, float]]:
+    """Register every pair of :func:`pair_list` from per-frame products.
+
+    Pairs of gap 1 and 2 are searched over every shift up to ``max_jump_um`` (jumps are found
+    there); the drift they give is then the guess around which the longer pairs look for their
+    peak (within ``long_pair_radius_um``): long pairs correct the slow bias that a chain of
+    short pairs accumulates, and cannot lock onto a far-off peak (a cell the segmentation
+    missed, matched to another one).
+
+    Parameters
+    ----------
+    products
+        One :func:`prepare_frame` result per frame (a list; indexed by frame).
+    pixel_size_um
+        µm per pixel of the frames.
+    config
+        :class:`DriftConfig`.
+    compute
+        ``compute(list_of_dask_delayed) -> list`` to run the registrations; None: the
+        threaded scheduler. Results do not depend on it.
+
+    Returns
+    -------
+    list
+        ``(i, j, dy_px, dx_px, quality)`` per pair, in :func:`pair_list` order.
+    """
+    import dask
+
+    config = config or DriftConfig()
+    n = len(products)
+    if compute is None:
+        def compute(tasks: list[Any]) -> list[Any]:
+            return list(dask.compute(*tasks, scheduler="threads"))
+
+    pairs = pair_list(n, config=config)
+    short = [(i, j) for i, j in pairs if j - i <= 2]
+    long_ = [(i, j) for i, j in pairs if j - i > 2]
+    reg = dask.delayed(register_prepared, pure=True)
+    res = compute([reg(products[i], products[j], pixel_size_um=pixel_size_um, config=config)
+                   for i, j in short])
+    edges = [(i, j, *r) for (i, j), r in zip(short, res, strict=True)]
+    if long_:
+        first = drift_from_edges(edges, n, config=config)
+        d = first[["dy_px", "dx_px"]].to_numpy(np.float64)
+        res = compute([reg(products[i], products[j], pixel_size_um=pixel_size_um,
+                           config=config, guess=(float(d[j, 0] - d[i, 0]),
+                                                 float(d[j, 1] - d[i, 1])))
+                       for i, j in long_])
+        edges += [(i, j, *r) for (i, j), r in zip(long_, res, strict=True)]
+    return edges
+
+
+def drift_from_edges(edges: Any, n_frames: int, *,
+                     config: DriftConfig | None = None) -> pd.DataFrame:
+    """Cumulative drift from pair shifts ``[(i, j, dy, dx, quality), ...]`` (``D_j - D_i``).
+
+    Pairs with quality below ``min_quality`` (or NaN) are left out. The rest are solved by
+    least squares with Cauchy reweighting (scale ``consistency_px``), so that a pair that
+    disagrees with the redundant ones loses its weight; a weak prior (first differences of
+    the drift near 0) fills frames that no reliable pair reaches: linear interpolation inside
+    a gap, the nearest reliable drift held before the first / after the last one (frames
+    without any fixed structure carry no drift information; holding is the conservative
+    guess).
+
+    Returns
+    -------
+    DataFrame
+        ``frame, dy_px, dx_px, quality, registered`` (quality: best reliable pair into the
+        frame, 1 at 0; registered: some reliable pair reaches the frame).
+    """
+    config = config or DriftConfig()
+    n = int(n_frames)
+    arr = np.asarray(list(edges), dtype=np.float64).reshape(-1, 5)
+    quality = np.full(n, np.nan)
+    if n:
+        quality[0] = 1.0
+    good = arr[:, 4] >= config.min_quality
+    if n < 2:
+        return pd.DataFrame({"frame": np.arange(n, dtype=np.int64), "dy_px": np.zeros(n),
+                             "dx_px": np.zeros(n), "quality": quality,
+                             "registered": np.zeros(n, dtype=bool)})
+    e = arr[good]
+    i, j = e[:, 0].astype(np.int64), e[:, 1].astype(np.int64)
+    for jj in np.unique(j):
+        quality[jj] = e[j == jj, 4].max()
+    registered = np.zeros(n, dtype=bool)  # frames that some reliable pair reaches
+    registered[i] = True
+    registered[j] = True
+    # unknowns D_1..D_{n-1} (D_0 = 0); rows: pairs, then the prior
+    rows_p = np.arange(len(e))
+    a_pair = sparse.csr_matrix(
+        (np.r_[np.ones(len(e)), -np.ones(len(e))], (np.r_[rows_p, rows_p], np.r_[j, i])),
+        shape=(len(e), n))
+    t = np.arange(1, n)
+    rows_s = np.arange(len(t))
+    a_prior = sparse.csr_matrix(
+        (np.r_[np.ones(len(t)), -np.ones(len(t))], (np.r_[rows_s, rows_s], np.r_[t, t - 1])),
+        shape=(len(t), n))
+    prior_w = 1e-4  # only decides where no reliable pair reaches
+    out = np.zeros((n, 2))
+    n_down = 0
+    for comp in range(2):
+        y = e[:, 2 + comp]
+        w = np.ones(len(e))
+        sol = np.zeros(n - 1)
+        for _ in range(20):
+            a = sparse.vstack([sparse.diags(np.sqrt(w)) @ a_pair, prior_w * a_prior])
+            a = a.tocsc()[:, 1:]
+            rhs = np.r_[np.sqrt(w) * y, np.zeros(len(t))]
+            new = np.atleast_1d(spsolve((a.T @ a).tocsc(), a.T @ rhs))
+            res = a_pair[:, 1:] @ new - y
+            w_new = 1.0 / (1.0 + (res / config.consistency_px) ** 2)  # Cauchy
+            done = np.allclose(new, sol, atol=1e-4)
+            sol, w = new, w_new
+            if done:
+                break
+        n_down += int((w < 0.5).sum())
+        out[1:, comp] = sol
+    if (~good).any() or n_down:
+        log.info("drift: %d of %d frame pairs unreliable, %d inconsistent ones down-weighted",
+                 int((~good).sum()), len(arr), n_down)
+    return pd.DataFrame({"frame": np.arange(n, dtype=np.int64), "dy_px": out[:, 0],
+                         "dx_px": out[:, 1], "quality": quality, "registered": registered})
 
 
 def drift_from_pairs(pair_shifts: Any, *, config: DriftConfig | None = None) -> pd.DataFrame:
-    """Cumulative drift table from per-pair shifts ``[(dy, dx, quality), ...]`` (pair k: k→k+1).
+    """Cumulative drift table from chain shifts ``[(dy, dx, quality), ...]`` (pair k: k→k+1).
 
-    Pairs whose quality is below ``config.min_quality`` (or NaN) are unreliable (too few cell-free
-    structures to register); their shifts are replaced by the linear interpolation of the
-    reliable pairs' shifts (stage drift is smooth between rare jumps), when any are reliable.
+    :func:`drift_from_edges` on the chain: unreliable pairs are bridged by linear
+    interpolation of the drift.
     """
-    min_quality = (config or DriftConfig()).min_quality
     arr = np.asarray(list(pair_shifts), dtype=np.float64).reshape(-1, 3)
-    shifts = arr[:, :2].copy()
-    good = arr[:, 2] >= min_quality
-    if len(arr) and good.any() and not good.all():
-        k = np.arange(len(arr))
-        kg = k[good]
-        for c in range(2):
-            shifts[~good, c] = np.interp(k[~good], kg, shifts[good, c])
-            # before the first / after the last reliable pair: continue the local trend
-            # (Theil-Sen line through the nearest reliable pairs, robust to one jump pair)
-            for ends, near in ((k < kg[0], kg[:6]), (k > kg[-1], kg[-6:])):
-                if ends.any() and len(near) >= 3:
-                    slope, icpt, _, _ = theilslopes(shifts[near, c], near)
-                    shifts[ends, c] = icpt + slope * k[ends]
-        log.info("drift: %d of %d frame pairs below quality %.2f were interpolated",
-                 int((~good).sum()), len(arr), min_quality)
-    dy = np.r_[0.0, np.cumsum(shifts[:, 0])]
-    dx = np.r_[0.0, np.cumsum(shifts[:, 1])]
-    quality = np.r_[1.0, arr[:, 2]]
-    return pd.DataFrame({"frame": np.arange(len(dy), dtype=np.int64), "dy_px": dy, "dx_px": dx,
-                         "quality": quality})
+    k = np.arange(len(arr), dtype=np.float64)
+    edges = np.column_stack([k, k + 1, arr]) if len(arr) else np.zeros((0, 5))
+    return drift_from_edges(edges, len(arr) + 1, config=config)
 
 
 def estimate_drift(
@@ -274,7 +589,8 @@ def estimate_drift(
     Parameters
     ----------
     frames
-        ``(T, Y, X)`` indexable (numpy, dask, zarr); two frames are read at a time.
+        ``(T, Y, X)`` indexable (numpy, dask, zarr); one frame is read at a time and kept as
+        its small registration product.
     cell_masks
         ``(T, Y, X)`` cell labels or masks (> 0 = cell), or None.
     pixel_size_um
@@ -285,22 +601,17 @@ def estimate_drift(
     Returns
     -------
     DataFrame
-        ``frame, dy_px, dx_px, quality`` (px; quality per pair into the frame, 1 at frame 0).
+        ``frame, dy_px, dx_px, quality`` (px; best pair quality into the frame, 1 at frame 0).
     """
     config = config or DriftConfig()
     n_t = int(frames.shape[0])
     if not config.enabled or n_t < 2:
         return drift_from_pairs([(0.0, 0.0, 1.0)] * max(n_t - 1, 0))
-    pairs = []
-    prev = np.asarray(frames[0])
-    prev_m = None if cell_masks is None else np.asarray(cell_masks[0])
-    for t in range(1, n_t):
-        cur = np.asarray(frames[t])
-        cur_m = None if cell_masks is None else np.asarray(cell_masks[t])
-        pairs.append(register_pair(prev, cur, prev_m, cur_m, pixel_size_um=pixel_size_um,
-                                   config=config))
-        prev, prev_m = cur, cur_m
-    return drift_from_pairs(pairs, config=config)
+    products = [prepare_frame(np.asarray(frames[t]),
+                              None if cell_masks is None else np.asarray(cell_masks[t]),
+                              pixel_size_um=pixel_size_um, config=config) for t in range(n_t)]
+    edges = register_products(products, pixel_size_um=pixel_size_um, config=config)
+    return drift_from_edges(edges, n_t, config=config)
 
 
 def refine_drift(
@@ -354,19 +665,40 @@ def refine_drift(
     keep = rows >= 0
     pos, tid, rows = pos[keep], tid[keep], rows[keep]
     ok = np.zeros(len(out), dtype=bool)
-    for _ in range(4):  # alternate: track medians <-> per-frame median residuals
+    max_scatter = config.refine_max_scatter_um / pixel_size_um
+    # a frame that no reliable pair reaches has no drift estimate at all: two fiducials that
+    # agree (static tracks seen in the registered frames too) beat the held guess
+    min_objects = np.full(len(out), config.refine_min_objects)
+    if "registered" in out.columns:
+        min_objects[~out["registered"].to_numpy(bool)] = min(2, config.refine_min_objects)
+    use = np.ones(len(pos), dtype=bool)
+    for _ in range(5):  # alternate: track medians <-> per-frame median residuals
         p = pos - corr[rows]
         centre = pd.DataFrame(p).groupby(tid).transform("median").to_numpy()
-        resid = pd.DataFrame(pos - centre).groupby(rows)
+        # a fiducial is static: its corrected positions stay within max_scatter of its median
+        dev = pd.Series(np.hypot(*(p - centre).T)).groupby(tid).transform("median").to_numpy()
+        use = dev <= max_scatter
+        resid = pd.DataFrame(pos - centre)[use].groupby(rows[use])
         med, count = resid.median(), resid.size()
-        good = count[count >= config.refine_min_objects].index.to_numpy()
+        spread = (pd.DataFrame(np.abs(pos - centre - med.reindex(rows).to_numpy()))[use]
+                  .groupby(rows[use]).median().max(axis=1))
+        good = count[(count >= min_objects[count.index.to_numpy()])
+                     & (spread.reindex(count.index) <= max_scatter)].index.to_numpy()
         if len(good) == 0:
             return out
         ok[:] = False
         ok[good] = True
         for k in range(2):
             corr[:, k] = np.interp(np.arange(len(out)), good, med.loc[good, k].to_numpy())
-    corr -= corr[0]
+    tid = tid[use]
+    if ok[0]:
+        corr -= corr[0]  # frame 0 is seen through its fiducials: it is the reference
+    else:
+        # frame 0 is tied to the fiducial frames only by the pair registration: their offset
+        # is the median over the first few of them (not one frame's), and frames before the
+        # first fiducial frame keep the pair solution
+        corr -= np.median(corr[np.flatnonzero(ok)[: config.refine_min_track_frames]], axis=0)
+        corr[: int(np.argmax(ok))] = 0.0
     out["dy_px"] = out["dy_px"].to_numpy(np.float64) + corr[:, 0]
     out["dx_px"] = out["dx_px"].to_numpy(np.float64) + corr[:, 1]
     log.debug("drift refined on %d fiducial tracks; %d/%d frames with enough fiducials",

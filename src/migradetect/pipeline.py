@@ -21,9 +21,13 @@ How it runs
    length): read the migrasome-channel frame (and the cell-channel frame when it differs),
    :func:`process_frame`, write the raw label images into ``labels.zarr`` (arrays ``cells``,
    ``fibers``, ``migrasomes``; int32, shape (T, Y, X), one chunk per frame: concurrent writes
-   of different frames never share a chunk), return the small tables and per-frame stats.
+   of different frames never share a chunk), return the small tables, per-frame stats and,
+   when drift correction is on, the frame's drift product
+   (:func:`migradetect.drift.prepare_frame`: band-passed, cells masked, float16 at ~0.3 µm
+   pixels; 0.5 MiB for a 1024² frame), so the drift step never reads the movie again.
 2. Across time, on tables plus label stacks read frame by frame from the zarr group: drift
-   (cells masked), bleach factors, cell tracking (then the ``cells`` array is relabelled in
+   (pairs of drift products registered in memory, refined on anchored migrasomes), bleach
+   factors, cell tracking (then the ``cells`` array is relabelled in
    place with cell ids), migrasome linking in drift-corrected coordinates (then the
    ``migrasomes`` array is relabelled with track ids), assignment to cells, growth fits, cell
    summaries.
@@ -222,8 +226,18 @@ def _frame_task(
     psf_sigma_um: float,
     config: Config,
     keep_image: bool,
-) -> tuple[int, pd.DataFrame, pd.DataFrame, dict[str, float], np.ndarray | None]:
-    """One dask task: process frame ``t`` and write its labels into the zarr arrays."""
+    drift_product: bool = False,
+) -> tuple[int, pd.DataFrame, pd.DataFrame, dict[str, float], np.ndarray | None,
+           np.ndarray | None]:
+    """One dask task: process frame ``t`` and write its labels into the zarr arrays.
+
+    Returns ``(t, detections, fibers, stats, qc_image, drift_product)``; the drift product
+    (:func:`migradetect.drift.prepare_frame` of the migrasome channel with this frame's cells
+    masked, float16 at ~0.3 µm pixels) is made only when ``drift_product`` is True, so the
+    across-time drift step never reads the movie again.
+    """
+    from migradetect import drift, preprocess
+
     frame = np.asarray(frame).reshape(np.shape(frame)[-2:])
     if cell_frame is not None:
         cell_frame = np.asarray(cell_frame).reshape(np.shape(cell_frame)[-2:])
@@ -233,7 +247,12 @@ def _frame_task(
     cells_arr[t] = out.cell_labels
     fibers_arr[t] = out.fiber_labels
     mig_arr[t] = out.migrasome_labels
-    return t, out.detections, out.fibers, out.stats, (frame.copy() if keep_image else None)
+    product = None
+    if drift_product:
+        product = drift.prepare_frame(preprocess.finite_frame(frame, t), out.cell_labels,
+                                      pixel_size_um=pixel_size_um, config=config.drift)
+    return (t, out.detections, out.fibers, out.stats, (frame.copy() if keep_image else None),
+            product)
 
 
 def _relabel_task(array: Any, t: int, old: np.ndarray, new: np.ndarray) -> int:
@@ -381,13 +400,14 @@ def analyze_movie(
     arrays = tuple(group[name] for name in LABEL_ARRAYS)
     qc_frames = sorted({0, n_frames // 2, n_frames - 1})
     data = movie.data
+    want_drift = bool(config.drift.enabled and n_frames > 1)
     tasks = []
     for t in range(n_frames):
         mig = data[t, c_mig, 0]
         cell = None if c_cell is None else data[t, c_cell, 0]
         tasks.append(dask.delayed(_frame_task)(
             mig, cell, t, arrays, pixel_size_um, psf_sigma_um, config, t in qc_frames,
-            dask_key_name=f"migradetect-frame-{run_id}-{t}"))
+            want_drift, dask_key_name=f"migradetect-frame-{run_id}-{t}"))
     window = 2 * _n_threads(client)
     with _scheduler(client):
         try:
@@ -405,13 +425,15 @@ def analyze_movie(
         fibers = pd.concat(fib, ignore_index=True) if fib else pd.DataFrame()
         stats = pd.DataFrame([r[3] for r in per_frame])
         qc_images = {r[0]: r[4] for r in per_frame if r[4] is not None}
+        products = [r[5] for r in per_frame] if want_drift else None
         del per_frame
 
         # --- drift (cells masked), bleaching --------------------------------------------
         drift = across_time.estimate_drift(
             movie, group, c_mig, pixel_size_um=pixel_size_um, config=config,
             detections=detections, key=run_id,
-            compute=lambda tasks: _compute_windows(tasks, client, window))
+            compute=lambda tasks: _compute_windows(tasks, client, window), products=products)
+        del products
         step()
         factors = across_time.bleach_factors(stats, config=config)
         stats = stats.assign(bleach_factor=factors)
