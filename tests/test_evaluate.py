@@ -253,6 +253,23 @@ def test_unassigned_and_wrong_cells_and_counts():
     assert s["count_exact_fraction"] == 0.0 and s["count_abs_error_mean"] == 1.0
 
 
+def test_counts_leave_out_short_tracks_on_both_sides():
+    # cell 1: two true tracks of 5 frames and one of 2 frames (not countable);
+    # predicted: two long tracks and one short (flagged) spurious track, as cells.csv counts
+    truth = pd.DataFrame({"track_id": [0, 1, 2], "cell_id": [1, 1, 1], "n_frames": [5, 5, 2]})
+    pred = pd.DataFrame({"track_id": [10, 11, 12], "cell_id": [1, 1, 1],
+                         "n_frames": [5, 4, 1], "short_track": [False, False, True]})
+    tm = pd.DataFrame({"truth_track_id": [0, 1, 2], "pred_track_id": [10, 11, 12]})
+    s = ev.assignment_scores(truth, pred, tm)
+    assert s["count_exact_fraction"] == 1.0 and s["accuracy"] == 1.0
+    # a long spurious track does count, and makes the count wrong
+    pred.loc[2, "short_track"] = False
+    s = ev.assignment_scores(truth, pred, tm)
+    assert s["count_exact_fraction"] == 0.0 and s["count_abs_error_mean"] == 1.0
+    # without the threshold every track counts: 3 true, 3 predicted
+    assert ev.assignment_scores(truth, pred, tm, min_track_frames=1)["count_exact_fraction"] == 1.0
+
+
 # --------------------------------------------------------------------------- growth
 
 
@@ -405,7 +422,9 @@ def test_evaluate_dirs_end_to_end(folders):
     # track 0 split 4/2 of 6 frames: incomplete, 1 switch; tracks 1 (5/6) and 2 complete
     assert v["tracking.complete_tracks"] == pytest.approx(2 / 3)
     assert v["tracking.id_switches"] == 1
-    assert v["assignment.accuracy"] == 1.0 and v["assignment.count_exact_fraction"] == 0.5
+    # the split-off 2-frame fragment (track 20) is flagged short_track, so like cells.csv the
+    # count leaves it out: both cells get their true count
+    assert v["assignment.accuracy"] == 1.0 and v["assignment.count_exact_fraction"] == 1.0
     assert v["cells.cell_iou_mean"] == 1.0
     assert v["fibers.recall"] == 1.0 and v["fibers.precision"] == 1.0
     assert v["drift.rms_px"] == pytest.approx(math.sqrt(9 / 6))

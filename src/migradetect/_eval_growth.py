@@ -31,6 +31,7 @@ def assignment_scores(
     matching: pd.DataFrame,
     *,
     cell_matching: pd.DataFrame | None = None,
+    min_track_frames: int = 3,
 ) -> dict[str, float]:
     """How well migrasome tracks were assigned to their cells, and per-cell counts.
 
@@ -48,6 +49,10 @@ def assignment_scores(
         -1 are left out of the accuracy.
     cell_matching
         ``truth_cell_id, pred_cell_id`` pairs; ``None`` means predicted ids are true ids.
+    min_track_frames
+        Per-cell counts use true tracks of at least this many frames and predicted tracks not
+        flagged ``short_track`` (as ``cells.csv``'s ``n_migrasomes`` does; the pipeline's
+        default flag threshold is 3 frames). Accuracy and coverage use every matched track.
 
     Returns
     -------
@@ -73,9 +78,19 @@ def assignment_scores(
         covered.append(pc >= 0)
     # Per-cell counts: the true tracks of a cell that were visible (those listed in
     # `matching`) against every predicted track of its matched predicted cell.
+    # Both sides count what a per-cell count in cells.csv counts: tracks of at least
+    # `min_track_frames` frames (the pipeline flags shorter ones `short_track` and leaves them
+    # out of n_migrasomes; a 1-2 frame true track is not countable either way).
     seen = truth_tracks[truth_tracks["track_id"].isin(matching["truth_track_id"])]
+    if "n_frames" in seen.columns:
+        seen = seen[seen["n_frames"].astype(int) >= min_track_frames]
     true_counts = seen.loc[seen["cell_id"] >= 0, "cell_id"].astype(int).value_counts()
-    pred_counts = pred_tracks.loc[pred_tracks["cell_id"] >= 0, "cell_id"].astype(int).value_counts()
+    counted = pred_tracks
+    if "short_track" in counted.columns:
+        counted = counted[~_as_bool(counted["short_track"])]
+    elif "n_frames" in counted.columns:
+        counted = counted[counted["n_frames"].astype(int) >= min_track_frames]
+    pred_counts = counted.loc[counted["cell_id"] >= 0, "cell_id"].astype(int).value_counts()
     to_pred = ({t: t for t in true_counts.index} if to_true is None
                else {t: p for p, t in to_true.items()})
     errors = []
