@@ -9,7 +9,14 @@ For both presets (``tspan4_gfp``, ``wga``, each analysed with its shipped preset
 (1000+; the methods were tuned on seeds 0-99 only) and every frame is segmented. Scores:
 
 - fiber centreline recall / precision within 2 px (``evaluate.fiber_scores``) of the predicted
-  skeleton against the simulator's 1-px true centrelines;
+  skeleton against the simulator's 1-px true centrelines, scored OUTSIDE the true cell bodies
+  dilated by ``CELL_MARGIN_UM`` (1 µm): retraction fibers are ridges outside the cells, and the
+  simulator draws about 15 % of its centrelines over cell bodies, where no line is visible on
+  top of the cell (they used to count as misses). Precision stays over EVERY predicted pixel
+  (partners: every true centreline pixel, over cells too): a fiber predicted along a cell's
+  rim (a ridge in membrane stains) is a false positive wherever it lies. The former recall
+  (every true pixel) is reported too as ``fiber_recall_all``, and ``fiber_precision_outside``
+  is the precision over predicted pixels outside the same zone;
 - cell IoU (``evaluate.cell_iou``: per frame, true cells matched one-to-one to predicted
   labels, mean matched IoU over true cell-frames, 0 for a missed cell);
 - CPU time per 1024 x 1024 frame (``time.process_time`` after a warm-up) of
@@ -28,6 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from migradetect.cells import segment_cells
 from migradetect.config import load_config
@@ -39,6 +47,8 @@ from migradetect.synthetic import simulate
 PRESETS = ("tspan4_gfp", "wga")
 SNRS = ("high", "medium", "low")
 TARGETS = {"fiber_recall": 0.9, "fiber_precision": 0.9, "cell_iou": 0.9}
+#: Margin (µm) around the true cell bodies where fiber pixels are not scored.
+CELL_MARGIN_UM = 1.0
 
 
 def segment_movie(image: np.ndarray, preset: str, pixel_size_um: float):
@@ -57,7 +67,7 @@ def segment_movie(image: np.ndarray, preset: str, pixel_size_um: float):
 
 def score_case(preset: str, snr: str, crowded: bool, seeds: list[int], n_frames: int,
                size: int) -> dict:
-    hit = {"cells_true": [], "cells_pred": [], "fib_true": [], "fib_pred": []}
+    hit = {"cells_true": [], "cells_pred": [], "fib_true": [], "fib_pred": [], "fib_ex": []}
     measured = []
     for seed in seeds:
         sim = simulate(preset=preset, seed=seed, size=size, n_frames=n_frames, snr=snr,
@@ -68,9 +78,15 @@ def score_case(preset: str, snr: str, crowded: bool, seeds: list[int], n_frames:
         hit["cells_pred"].append(cells)
         hit["fib_true"].append(sim.fiber_labels)
         hit["fib_pred"].append(fibers)
+        margin = int(round(CELL_MARGIN_UM / sim.pixel_size_um))
+        hit["fib_ex"].append(np.stack([
+            ndimage.binary_dilation(c > 0, structure=np.ones((3, 3), bool), iterations=margin)
+            for c in sim.cell_labels]))
         measured.append(sim.params["snr_measured"])
     fs = fiber_scores(np.concatenate(hit["fib_true"]), np.concatenate(hit["fib_pred"]),
-                      tolerance_px=2.0)
+                      tolerance_px=2.0, exclude=np.concatenate(hit["fib_ex"]))
+    fs_all = fiber_scores(np.concatenate(hit["fib_true"]), np.concatenate(hit["fib_pred"]),
+                          tolerance_px=2.0)
     ci = cell_iou(np.concatenate(hit["cells_true"]), np.concatenate(hit["cells_pred"]))
 
     def med(key):
@@ -81,8 +97,9 @@ def score_case(preset: str, snr: str, crowded: bool, seeds: list[int], n_frames:
     return {
         "preset": preset, "snr": snr, "crowded": crowded, "seeds": seeds,
         "n_frames": n_frames, "size": size,
-        "fiber_recall": fs["recall"], "fiber_precision": fs["precision"],
-        "fiber_true_px": fs["n_true_px"], "fiber_pred_px": fs["n_pred_px"],
+        "fiber_recall": fs["recall"], "fiber_precision": fs_all["precision"],
+        "fiber_true_px": fs["n_true_px"], "fiber_pred_px": fs_all["n_pred_px"],
+        "fiber_recall_all": fs_all["recall"], "fiber_precision_outside": fs["precision"],
         "cell_iou": ci["cell_iou_mean"], "cell_foreground_iou": ci["foreground_iou"],
         "n_true_cell_frames": ci["n_true_cell_frames"],
         "snr_fibers_measured": med("fibers_all"), "snr_cells_measured": med("cells"),
@@ -134,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
                 row = score_case(preset, snr, crowded, seeds, n_frames, args.size)
                 rows.append(row)
                 print(f"{preset:11s} {snr:6s} {'crowded' if crowded else 'sparse':7s} "
-                      f"fiber R {row['fiber_recall']:.3f} P {row['fiber_precision']:.3f}  "
+                      f"fiber R {row['fiber_recall']:.3f} P {row['fiber_precision']:.3f} "
+                      f"(recall over all true px {row['fiber_recall_all']:.3f}, precision "
+                      f"outside cells {row['fiber_precision_outside']:.3f})  "
                       f"cell IoU {row['cell_iou']:.3f}  "
                       f"(SNR fibers {row['snr_fibers_measured']:.2f}, cells "
                       f"{row['snr_cells_measured']:.2f})", flush=True)

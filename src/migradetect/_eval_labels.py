@@ -25,6 +25,7 @@ def fiber_scores(
     pred_skeleton: Any,
     *,
     tolerance_px: float = 2.0,
+    exclude: Any = None,
 ) -> dict[str, float]:
     """Pixel recall and precision of a fiber skeleton against true centrelines.
 
@@ -34,22 +35,35 @@ def fiber_scores(
         ``(Y, X)`` or ``(T, Y, X)`` arrays of the same shape; non-zero = centreline pixel.
     tolerance_px
         A pixel counts as found when the other set has a pixel within this distance (px).
+    exclude
+        Optional boolean array of the same shape: pixels not scored at all (neither true
+        nor predicted pixels there count). Retraction fibers are defined outside the cell
+        bodies, so a fair score excludes the true cells (dilated by a small margin): a
+        centreline drawn over a cell body cannot be seen as a ridge there. The other set's
+        pixels inside ``exclude`` still count as partners (a true pixel just outside it is
+        found by a predicted pixel just inside).
 
     Returns
     -------
     dict
         ``recall`` (fraction of true pixels near a predicted pixel), ``precision`` (fraction
-        of predicted pixels near a true pixel), ``n_true_px``, ``n_pred_px``.
+        of predicted pixels near a true pixel), ``n_true_px``, ``n_pred_px`` (pixels scored).
     """
     _check_same_shape(true_centrelines, pred_skeleton)
+    if exclude is not None:
+        _check_same_shape(true_centrelines, exclude)
     hit_t = hit_p = n_t = n_p = 0
+    ex_frames = _frames(exclude) if exclude is not None else None
     for t, p in zip(_frames(true_centrelines), _frames(pred_skeleton), strict=True):
         t, p = t > 0, p > 0
-        n_t, n_p = n_t + int(t.sum()), n_p + int(p.sum())
-        if t.any() and p.any():
+        scored = ~(next(ex_frames) > 0) if ex_frames is not None else np.ones(t.shape, bool)
+        ts, ps = t & scored, p & scored
+        n_t, n_p = n_t + int(ts.sum()), n_p + int(ps.sum())
+        if ts.any() and p.any():
             # distance of every pixel to the nearest pixel of the other set
-            hit_t += int((ndimage.distance_transform_edt(~p)[t] <= tolerance_px).sum())
-            hit_p += int((ndimage.distance_transform_edt(~t)[p] <= tolerance_px).sum())
+            hit_t += int((ndimage.distance_transform_edt(~p)[ts] <= tolerance_px).sum())
+        if ps.any() and t.any():
+            hit_p += int((ndimage.distance_transform_edt(~t)[ps] <= tolerance_px).sum())
     return {"recall": _ratio(hit_t, n_t), "precision": _ratio(hit_p, n_p),
             "n_true_px": float(n_t), "n_pred_px": float(n_p)}
 
