@@ -19,7 +19,9 @@ config) on the simulated movie written as OME-TIFF, scored with ``evaluate.evalu
 producing cell, plateau diameter and growth time errors, drift RMS against the true drift),
 plus the CPU seconds per frame of the per-frame part and of the across-time part (drift,
 cell tracking, linking, assignment, growth: everything after the last per-frame window).
-Run with ``OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1`` for comparable CPU times.
+Run with ``OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1`` for comparable CPU times. ``--snrs
+high,medium,low`` repeats the 8 conditions at each simulator SNR preset (default: high only);
+the per-cell count error and the numbers of growth pairs left out per flag are reported too.
 
 Run: ``python benchmarks/bench_tracking.py [--seeds 2] [--size 384] [--frames 60] [--e2e]``;
 prints a table and writes ``benchmarks/results/tracking.json`` (``tracking_e2e.json``).
@@ -208,23 +210,28 @@ E2E_METRICS = {
     "assignment.accuracy": "assign_accuracy",
     "assignment.coverage": "assign_coverage",
     "assignment.count_exact_fraction": "count_exact_fraction",
+    "assignment.count_abs_error_mean": "count_abs_error_mean",
     "growth.plateau_rel_error_median": "plateau_rel_err",
     "growth.growth_time_abs_error_median_frames": "growth_time_err_frames",
     "growth.n_used": "n_growth_used",
+    "growth.excluded_born_before_start": "n_flag_born_before_start",
+    "growth.excluded_growing_at_end": "n_flag_growing_at_end",
+    "growth.excluded_short_track": "n_flag_short_track",
     "drift.rms_px": "drift_rms_px",
     "drift.max_px": "drift_max_px",
 }
 
 
-def run_e2e(preset: str, seed: int, crowded: bool, drift: bool, args, workdir: Path) -> dict:
+def run_e2e(preset: str, seed: int, crowded: bool, drift: bool, args, workdir: Path,
+            snr: str = "high") -> dict:
     """The real pipeline on one simulated movie, scored against its truth."""
     from migradetect import io, pipeline, report
     from migradetect.config import load_config
     from migradetect.synthetic import write_simulation
 
     sim = simulate(preset=preset, seed=seed, size=args.size, n_frames=args.frames,
-                   n_cells=args.cells, drift=drift, crowded=crowded)
-    folder = workdir / f"{preset}_{seed}_{int(crowded)}_{int(drift)}"
+                   n_cells=args.cells, drift=drift, crowded=crowded, snr=snr)
+    folder = workdir / f"{preset}_{seed}_{int(crowded)}_{int(drift)}_{snr}"
     write_simulation(sim, folder, fmt="ome")
     true_drift = sim.truth["drift"]
     n_vis = sim.truth["migrasomes"].loc[lambda d: d["visible"].astype(bool)].groupby("frame").size()
@@ -245,7 +252,7 @@ def run_e2e(preset: str, seed: int, crowded: bool, drift: bool, args, workdir: P
     report.write_movie_results(res, folder / "result")
     table = evaluate.evaluate_dirs(folder, folder / "result")
     values = dict(zip(table["metric"], table["value"], strict=True))
-    row = {"preset": preset, "seed": seed, "crowded": crowded, "drift": drift}
+    row = {"preset": preset, "seed": seed, "snr": snr, "crowded": crowded, "drift": drift}
     row.update({short: values.get(name, float("nan")) for name, short in E2E_METRICS.items()})
     obs = n_vis[n_vis >= 3].index
     row["drift_rms_observable_px"] = observable_rms(true_drift, res.tables["drift.csv"], obs)
@@ -261,13 +268,16 @@ def main_e2e(args) -> None:
     rows = []
     seed = 1000
     with tempfile.TemporaryDirectory(prefix="bench_tracking_") as tmp:
-        for preset in args.presets.split(","):
-            for crowded in (False, True):
-                for drift in (False, True):
-                    for _ in range(args.seeds):
-                        rows.append(run_e2e(preset, seed, crowded, drift, args, Path(tmp)))
-                        seed += 1
-                        print(pd.DataFrame(rows[-1:]).round(3).to_string(index=False), flush=True)
+        for snr in args.snrs.split(","):
+            for preset in args.presets.split(","):
+                for crowded in (False, True):
+                    for drift in (False, True):
+                        for _ in range(args.seeds):
+                            rows.append(run_e2e(preset, seed, crowded, drift, args, Path(tmp),
+                                                snr=snr))
+                            seed += 1
+                            print(pd.DataFrame(rows[-1:]).round(3).to_string(index=False),
+                                  flush=True)
     df = pd.DataFrame(rows)
     summary = {
         "complete_tracks_min": float(df["complete_tracks"].min()),
@@ -301,6 +311,9 @@ def main() -> None:
                    help="run the real pipeline on the movies (end-to-end) instead of linking "
                         "degraded truth detections")
     p.add_argument("--presets", default="tspan4_gfp,wga")
+    p.add_argument("--snrs", default="high",
+                   help="end-to-end: simulator SNR presets to run, comma-separated "
+                        "(high,medium,low); seeds continue from 1000 across them")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.e2e:

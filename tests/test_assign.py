@@ -36,6 +36,7 @@ def _mig(track_id, y, x, frames):
 
 
 def _run(mig, fibers_tab, fiber_stack, cell_stack, cf, **kw):
+    kw.setdefault("fiber_geodesic", False)  # the fiber table's cell decides (hand-made tables)
     return assign_tracks(mig, fibers_tab, cf, fiber_labels=fiber_stack, cell_labels=cell_stack,
                          pixel_size_um=PX, config=AssignConfig(**kw))
 
@@ -119,4 +120,51 @@ def test_fiber_attached_before_first_detection():
     assert (out.cell_id[0], out.assign_reason[0]) == (3, "fiber_at_birth")
     out = _run(_mig(0, 40.0, 22.0, range(5, 8)), fibers_tab, fib, cells, cf,
                rear_lookback_frames=0, rear_distance_um=1.0)
+    assert (out.cell_id[0], out.assign_reason[0]) == (-1, "cell_not_in_view")
+
+
+def test_birth_frame_fiber_on_neighbour_is_outvoted_by_producing_cell():
+    # cell 3 moves right along y = 40 and passes over the migrasome's place (x = 62), leaving
+    # it behind its rear at frame 5, when the migrasome is first seen; cell 4 sits below. In
+    # the birth frame the fiber under the migrasome is handed to cell 4 (e.g. cell 3 merged
+    # with it or missed in that frame); before the birth the fiber belonged to cell 3.
+    cells, cf = _cells({3: [(40, 40 + 6 * t) for t in range(T)],
+                        4: [(60, 62) for _ in range(T)]})
+    fib = np.zeros((T, *SHAPE), np.int32)
+    fib[:, 40, 50:66] = 5
+    owner = [3, 3, 3, 3, 3, 4, -1, -1]
+    fibers_tab = pd.DataFrame({"frame": range(T), "fiber_id": 5, "cell_id": owner})
+    mig = _mig(0, 40.0, 62.0, range(5, 8))
+    out = _run(mig, fibers_tab, fib, cells, cf)
+    assert (out.cell_id[0], out.assign_reason[0]) == (3, "fiber_at_birth")
+    # the birth frame alone (no vote over frames, no cover) picks the neighbour
+    out = _run(mig, fibers_tab, fib, cells, cf, vote_frames=0, cover_weight=0.0)
+    assert out.cell_id[0] == 4
+    # the fiber owned by the neighbour in the birth frame only, nothing before: the cell
+    # that covered the place most recently breaks the tie
+    only_birth = fibers_tab.assign(cell_id=[-1, -1, -1, -1, -1, 4, -1, -1])
+    out = _run(mig, only_birth, fib, cells, cf, cover_weight=1.5)
+    assert (out.cell_id[0], out.assign_reason[0]) == (3, "rear_path")
+
+
+def test_geodesic_follows_the_fiber_to_its_cell():
+    # one skeleton component holds two fibers that touch at x = 80: cell 1's fiber (x 30..80,
+    # from its rear at x ~ 22) and cell 2's fiber (x 80..137, ending at cell 2's edge at x 138);
+    # the fiber table gives the whole component to cell 2. A migrasome at x = 40 sits on cell
+    # 1's part: walking along the skeleton reaches cell 1 first.
+    cells, cf = _cells({1: [(40, 14) for _ in range(T)], 2: [(40, 146) for _ in range(T)]})
+    fib = np.zeros((T, *SHAPE), np.int32)
+    fib[:, 40, 23:138] = 7
+    fibers_tab = pd.DataFrame({"frame": range(T), "fiber_id": 7, "cell_id": 2})
+    mig = _mig(0, 40.0, 40.0, range(3, 8))
+    out = _run(mig, fibers_tab, fib, cells, cf, fiber_geodesic=True, cover_weight=0.0)
+    assert (out.cell_id[0], out.assign_reason[0]) == (1, "fiber_at_birth")
+    assert out.assign_distance_um[0] == pytest.approx(0.0)
+    out = _run(mig, fibers_tab, fib, cells, cf, cover_weight=0.0)  # the table: cell 2
+    assert out.cell_id[0] == 2
+    # a fiber that reaches no cell gives no vote: nothing near -> not in view
+    far = np.zeros_like(fib)
+    far[:, 40, 60:100] = 7
+    out = _run(_mig(0, 40.0, 80.0, range(3, 8)), fibers_tab, far, cells, cf,
+               fiber_geodesic=True, rear_distance_um=2.0)
     assert (out.cell_id[0], out.assign_reason[0]) == (-1, "cell_not_in_view")

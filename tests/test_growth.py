@@ -31,7 +31,9 @@ def test_saturating_exponential_with_noise():
     out = fit_tracks(_track(d), frame_interval_s=DT, n_frames=100)
     row = out.iloc[0]
     assert abs(row.plateau_diameter_um - dp) / dp < 0.05
-    t90 = -tau * math.log(0.1) - 20.0
+    # growth started 20 s before the first detection: the growth time runs from that onset
+    # (the fitted t0), not from the first detection
+    t90 = -tau * math.log(0.1)
     assert abs(row.growth_time_s - t90) <= DT
     assert abs(row.fit_plateau_diameter_um - dp) / dp < 0.05
     assert abs(row.fit_time_constant_s - tau) / tau < 0.2
@@ -105,3 +107,17 @@ def test_config_smoothing_changes_nothing_on_clean_curve():
     b = fit_tracks(_track(d), frame_interval_s=DT, n_frames=100,
                    config=GrowthConfig(smoothing_frames=5))
     assert a.growth_time_s[0] == pytest.approx(b.growth_time_s[0], abs=DT)
+
+
+def test_growth_time_from_fitted_onset_when_detected_late():
+    # a migrasome growing from 0 at frame 10 is first detected at frame 13 (too small before):
+    # the growth time is counted from the onset of growth, not from the first detection
+    tau, dp = 180.0, 1.2
+    t = (np.arange(13, 45) - 10) * DT
+    d = dp * (1 - np.exp(-t / tau)) + np.random.default_rng(1).normal(0, 0.01, t.size)
+    row = fit_tracks(_track(d, first=13), frame_interval_s=DT, n_frames=60).iloc[0]
+    t90 = tau * math.log(10)
+    assert abs(row.growth_time_s - t90) <= 0.5 * DT
+    late = fit_tracks(_track(d, first=13), frame_interval_s=DT, n_frames=60,
+                      config=GrowthConfig(onset_min_r2=1.0)).iloc[0]
+    assert late.growth_time_s < t90 - 2 * DT  # from the first detection: 3 frames short

@@ -42,7 +42,8 @@ def test_gap_closing_and_growth_keep_one_id():
                           pixel_size_um=PX, config=TrackingConfig(max_gap_frames=2))
     assert out.track_id.nunique() == 1
     out = link_migrasomes(_det([(f, 20.0, 20.0, di) for f, di in zip(frames, d)]),
-                          pixel_size_um=PX, config=TrackingConfig(max_gap_frames=1))
+                          pixel_size_um=PX, config=TrackingConfig(max_gap_frames=1,
+                                                                   merge_max_gap_frames=0))
     assert out.track_id.nunique() == 2  # gap too long: two tracks
     assert out.track_id.tolist() == [0, 0, 0, 1, 1, 1]
 
@@ -67,7 +68,8 @@ def test_drift_given_keeps_static_object():
 
 def test_singletons_and_renumbering():
     out = link_migrasomes(_det([(3, 5.0, 5.0, 1.0), (1, 80.0, 80.0, 1.0), (1, 5.0, 5.0, 1.0)]),
-                          pixel_size_um=PX, config=TrackingConfig(max_gap_frames=0))
+                          pixel_size_um=PX, config=TrackingConfig(max_gap_frames=0,
+                                                                  merge_max_gap_frames=0))
     # frame order of first appearance: (1, 80, 80) -> 0, (1, 5, 5) -> 1, (3, 5, 5) -> 2
     assert out.track_id.tolist() == [2, 0, 1]
 
@@ -181,3 +183,35 @@ def test_track_cells_dask_equals_numpy_and_inputs_untouched():
     det_before = det.copy()
     link_migrasomes(det, pixel_size_um=PX)
     pd.testing.assert_frame_equal(det, det_before)
+
+
+def test_fragments_of_an_anchored_migrasome_are_merged():
+    # one anchored migrasome missed for 5 frames (longer than the gap closing), then found
+    # again 0.1 µm away; a second one 2 µm away starts during the gap; a third one at the
+    # same place as the first but overlapping it in time (a neighbour) is never merged
+    rng = np.random.default_rng(4)
+    rows = [(f, 40.0 + rng.normal(0, 0.2), 40.0 + rng.normal(0, 0.2), 1.0)
+            for f in list(range(0, 5)) + list(range(10, 16))]
+    rows += [(f, 40.0, 53.3, 1.0) for f in range(6, 12)]  # 13.3 px = 2 µm away
+    out = link_migrasomes(_det(rows), pixel_size_um=PX)
+    first = out.x_px < 45
+    assert _n_ids(out, first) == 1
+    assert _n_ids(out, ~first) == 1 and out.track_id.nunique() == 2
+    off = link_migrasomes(_det(rows), pixel_size_um=PX,
+                          config=TrackingConfig(merge_max_gap_frames=0))
+    assert _n_ids(off, first) == 2  # without merging: two fragments
+    gap_too_long = link_migrasomes(_det(rows), pixel_size_um=PX,
+                                   config=TrackingConfig(merge_max_gap_frames=4))
+    assert _n_ids(gap_too_long, first) == 2
+
+
+def test_fragment_merging_is_one_to_one_and_ordered_in_time():
+    # A (frames 0-3) and B (frames 8-11) at one place; C (frames 8-11) 0.3 µm away, beside B:
+    # A is joined to the nearer of B and C only, and B and C stay two tracks
+    rows = [(f, 20.0, 20.0, 1.0) for f in range(0, 4)]
+    rows += [(f, 20.0, 20.3, 1.0) for f in range(8, 12)]   # B, 0.045 µm from A
+    rows += [(f, 20.0, 22.0, 1.0) for f in range(8, 12)]   # C, 0.3 µm from A
+    out = link_migrasomes(_det(rows), pixel_size_um=PX)
+    a, b, c = (out.x_px == 20.0), (out.x_px == 20.3), (out.x_px == 22.0)
+    assert _n_ids(out, a | b) == 1
+    assert _n_ids(out, c) == 1 and out.track_id[c].iloc[0] != out.track_id[a].iloc[0]

@@ -8,13 +8,23 @@ config=None, drift=None) -> DataFrame[track_id, cell_id, assign_reason, assign_d
 One row per ``track_id`` of ``migrasomes``; ``cell_id`` is -1 when unassigned, and
 ``assign_reason`` is one of ``schema.ASSIGN_REASONS``:
 
-1. ``fiber_at_birth``: in one of the first ``birth_frames`` frames of the track, a fiber
-   skeleton pixel lies within ``fiber_distance_um`` of the migrasome, and that fiber (the
-   nearest one) belongs to a cell (``fibers`` table: ``frame, fiber_id, cell_id``; the fiber
-   label image holds ``fiber_id`` values). Failing that, the frames before the first
-   detection are searched backwards (up to ``rear_lookback_frames``) for the nearest fiber
-   at that place still attached to a cell: a small migrasome is detected only after it has
-   grown, and its fiber may have broken in between.
+1. ``fiber_at_birth``: fiber vote. In each of the first ``birth_frames`` frames of the track
+   and the ``vote_frames`` frames before its first detection, the nearest fiber skeleton
+   pixel within ``fiber_distance_um`` of the migrasome votes for the cell its fiber belongs
+   to, weight ``1 / (1 + d / fiber_distance_um)``. With ``fiber_geodesic`` (default) that
+   cell is the one reached first walking from the migrasome along the skeleton of that fiber
+   label, outside the cells, to a skeleton pixel within ``attach_distance_um`` of a cell (a
+   skeleton component often holds several crossing fibers and touches several cells);
+   otherwise it is the ``fibers`` table's cell of the whole fiber (``frame, fiber_id,
+   cell_id``; the fiber label image holds ``fiber_id`` values). The cell whose mask came
+   within ``cover_distance_um`` of the place most recently up to the birth (the producing
+   cell's body was there before it moved on and left the migrasome behind its rear) adds
+   ``cover_weight`` votes. The most voted cell wins (reason ``rear_path`` if only the cover
+   vote backs it). Voting over frames keeps one frame where the producing cell was missed or
+   merged with its neighbour (which then owns the fiber) from deciding. Without any vote in
+   that window, the frames before are searched backwards (up to ``rear_lookback_frames``)
+   for the nearest fiber at that place still attached to a cell: a small migrasome is
+   detected only after it has grown, and its fiber may have broken in between.
 2. ``rear_path``: otherwise (the fiber has already broken, or no fiber is seen), the cells
    seen over the ``rear_lookback_frames`` frames up to the birth are scored by their smallest
    distance from the migrasome to the cell mask, counting only frames where the migrasome is
@@ -79,6 +89,29 @@ class AssignConfig:
         help="frames before the first detection searched for an attached fiber under the "
              "migrasome and for the cell whose rear passed",
     )
+    vote_frames: int = param(
+        3, unit="frames", min=0, max=50,
+        help="frames just before the first detection whose fibers vote, with the first "
+             "birth_frames frames of the track, for the cell the migrasome sits on",
+    )
+    cover_weight: float = param(
+        1.0, min=0.0, max=100.0,
+        help="votes (in frames of fiber attachment) given to the cell whose body covered the "
+             "migrasome's place most recently before its birth",
+    )
+    fiber_geodesic: bool = param(
+        True,
+        help="follow the fiber skeleton from the migrasome to the first cell it reaches "
+             "(geodesic) instead of using the fiber table's cell of the whole fiber",
+    )
+    attach_distance_um: float = param(
+        1.0, unit="um", min=0.0, max=20.0,
+        help="a fiber skeleton pixel this close to a cell reaches that cell (geodesic mode)",
+    )
+    cover_distance_um: float = param(
+        1.0, unit="um", min=0.0, max=20.0,
+        help="a cell covers the migrasome's place when its mask is this close",
+    )
 
 
 class _FrameCache:
@@ -96,6 +129,106 @@ class _FrameCache:
         if len(self.frames) > self.size:
             self.frames.popitem(last=False)
         return img
+
+
+class _Geodesic:
+    """Per frame: for every fiber skeleton pixel, the cell first reached along the skeleton
+    and the path length to it (px), cached for the most recent frames.
+
+    A fiber skeleton component often holds several fibers (they cross, or touch at the
+    migrasomes), so the whole component touches several cells; the cell a migrasome's fiber
+    belongs to is the one reached first walking along the skeleton from the migrasome.
+    Multi-source Dijkstra (scipy.sparse.csgraph) on the 8-connected skeleton pixel graph,
+    sources the skeleton pixels within ``attach_px`` of a cell (labelled by that cell).
+    """
+
+    def __init__(self, fib: _FrameCache, cel: _FrameCache, attach_px: float, size: int) -> None:
+        self.fib, self.cel, self.attach_px = fib, cel, attach_px
+        self.size, self.frames = size, OrderedDict()
+
+    def cache(self, t: int):
+        if t in self.frames:
+            self.frames.move_to_end(t)
+            return self.frames[t]
+        self.frames[t] = out = self._compute(t)
+        if len(self.frames) > self.size:
+            self.frames.popitem(last=False)
+        return out
+
+    def _compute(self, t: int):
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import dijkstra
+        from scipy.spatial import cKDTree
+
+        cells = np.asarray(self.cel(t))
+        lab = np.asarray(self.fib(t))
+        # walk outside the cells only: a fiber passing under a cell does not belong to it
+        skel = (lab > 0) & (cells == 0)
+        shape = skel.shape
+        ys, xs = np.nonzero(skel)
+        n = len(ys)
+        idx = np.full(shape, -1, dtype=np.int64)
+        idx[ys, xs] = np.arange(n)
+        cell_of = np.full(n, -1, dtype=np.int64)
+        geo = np.full(n, np.inf)
+        if n == 0 or not (cells > 0).any():
+            return idx, cell_of, geo, lab
+        # skeleton pixels near a cell: the nearest cell edge pixel (a KD-tree on the edges,
+        # far cheaper than a distance transform of the whole frame)
+        inner = np.pad(cells, 1, mode="edge")
+        edge = (cells > 0) & ~((inner[:-2, 1:-1] == cells) & (inner[2:, 1:-1] == cells)
+                               & (inner[1:-1, :-2] == cells) & (inner[1:-1, 2:] == cells))
+        ey, ex = np.nonzero(edge)
+        dist, near = cKDTree(np.column_stack([ey, ex])).query(
+            np.column_stack([ys, xs]), distance_upper_bound=self.attach_px + 1e-6)
+        src = np.nonzero(np.isfinite(dist))[0]
+        if len(src) == 0:
+            return idx, cell_of, geo, lab
+        src_cell = np.full(n, -1, dtype=np.int64)
+        src_cell[src] = cells[ey[near[src]], ex[near[src]]]
+        src_dist = np.where(np.isfinite(dist), dist, 0.0)
+        rows, cols, w = [], [], []
+        for dy, dx, wt in ((0, 1, 1.0), (1, 0, 1.0), (1, 1, math.sqrt(2)), (1, -1, math.sqrt(2))):
+            a = idx[: shape[0] - dy, max(0, -dx): shape[1] - max(0, dx)]
+            b = idx[dy:, max(0, dx): shape[1] + min(0, dx)]
+            la = lab[: shape[0] - dy, max(0, -dx): shape[1] - max(0, dx)]
+            lb = lab[dy:, max(0, dx): shape[1] + min(0, dx)]
+            ok = (a >= 0) & (b >= 0) & (la == lb)  # along one fiber label only
+            rows.append(a[ok]), cols.append(b[ok]), w.append(np.full(ok.sum(), wt))
+        g = coo_matrix((np.concatenate(w), (np.concatenate(rows), np.concatenate(cols))),
+                       shape=(n, n)).tocsr()
+        d, _, source = dijkstra(g, directed=False, indices=src, min_only=True,
+                                return_predecessors=True)
+        reached = source >= 0
+        cell_of[reached] = src_cell[source[reached]]
+        geo[reached] = d[reached] + src_dist[source[reached]]
+        return idx, cell_of, geo, lab
+
+    def cell_at(self, t: int, p: np.ndarray, radius_px: float):
+        """(cell_id, distance to the fiber px) of the cell first reached along the fiber from
+        the skeleton pixels within ``radius_px`` of ``p``; cell -1 when the fiber reaches no
+        cell; None when there is no fiber."""
+        idx, cell_of, geo, lab = self.cache(t)
+        r = int(math.ceil(radius_px)) + 1
+        y0, x0 = int(round(p[0])), int(round(p[1]))
+        ys0, xs0 = max(y0 - r, 0), max(x0 - r, 0)
+        crop = idx[ys0:max(y0 + r + 1, 0), xs0:max(x0 + r + 1, 0)]
+        yy, xx = np.nonzero(crop >= 0)
+        if len(yy) == 0:
+            return None
+        d = np.hypot(yy + ys0 - p[0], xx + xs0 - p[1])
+        keep = d <= radius_px
+        if not keep.any():
+            return None
+        yy, xx, d = yy[keep] + ys0, xx[keep] + xs0, d[keep]
+        # the fiber it sits on: the label of the nearest skeleton pixel
+        same = lab[yy, xx] == lab[yy[np.argmin(d)], xx[np.argmin(d)]]
+        nodes, d = idx[yy[same], xx[same]], d[same]
+        total = d + geo[nodes]
+        k = int(np.argmin(total))
+        if not np.isfinite(total[k]):
+            return -1, float(d.min())
+        return int(cell_of[nodes[k]]), float(d.min())
 
 
 def _nearest_labels(img: np.ndarray, p: np.ndarray, radius_px: float) -> dict[int, float]:
@@ -192,6 +325,8 @@ def assign_tracks(
     fib = _FrameCache(fiber_labels, cache_size) if fiber_labels is not None else None
     cel = _FrameCache(cell_labels, cache_size) if cell_labels is not None else None
     n_t = int(cell_labels.shape[0]) if cell_labels is not None else None
+    geo = (_Geodesic(fib, cel, config.attach_distance_um / pixel_size_um, cache_size)
+           if config.fiber_geodesic and fib is not None and cel is not None else None)
 
     m = migrasomes.sort_values(["track_id", "frame"], kind="stable")
     fr = m["frame"].to_numpy(np.int64)
@@ -212,15 +347,18 @@ def assign_tracks(
 
     rows = []
     for birth, tid, head_frames, pc in births:
-        rows.append(_assign_one(tid, birth, head_frames, pc, at, fib, cel, n_t, fiber_cell,
+        rows.append(_assign_one(tid, birth, head_frames, pc, at, fib, cel, geo, n_t, fiber_cell,
                                 motion, pixel_size_um, config))
     out = pd.DataFrame(rows, columns=list(ASSIGN_COLUMNS)).sort_values("track_id")
     return out.astype(ASSIGN_COLUMNS).reset_index(drop=True)
 
 
-def _fiber_cell(fib, f: int, p: np.ndarray, fiber_cell: dict, radius_px: float):
+def _fiber_cell(fib, f: int, p: np.ndarray, fiber_cell: dict, radius_px: float, geo=None):
     """(cell_id, distance px) of the nearest fiber within ``radius_px`` of ``p`` in frame
-    ``f``; cell_id -1 when that fiber is attached to no cell; None when there is no fiber."""
+    ``f``; cell_id -1 when that fiber is attached to no cell; None when there is no fiber.
+    With ``geo`` (:class:`_Geodesic`), the cell is the one reached first along the fiber."""
+    if geo is not None:
+        return geo.cell_at(f, p, radius_px)
     near = _nearest_labels(fib(f), p, radius_px)
     if not near:
         return None
@@ -228,18 +366,57 @@ def _fiber_cell(fib, f: int, p: np.ndarray, fiber_cell: dict, radius_px: float):
     return fiber_cell.get((f, int(fiber_id)), -1), d
 
 
-def _assign_one(tid, birth, head_frames, pc, at, fib, cel, n_t, fiber_cell, motion,
+def _last_cover(cel, pc, at, birth: int, n_t: int, radius_px: float, lookback: int):
+    """(cell_id, frame) of the cell whose mask came within ``radius_px`` of the place most
+    recently at or before ``birth`` (searching ``lookback`` frames back), else None."""
+    for f in range(min(birth, n_t - 1), max(-1, birth - 1 - lookback), -1):
+        near = _nearest_labels(cel(f), at(pc, f), radius_px)
+        if near:
+            return min(near.items(), key=lambda kv: (kv[1], kv[0]))[0], f
+    return None
+
+
+def _assign_one(tid, birth, head_frames, pc, at, fib, cel, geo, n_t, fiber_cell, motion,
                 pixel_size_um, config) -> tuple:
+    # Fiber vote. The fiber under the migrasome in its first frames, and in the few frames
+    # before its first detection (a small migrasome is seen only after it has grown), votes
+    # for the cell it is attached to, a closer fiber weighing more (weight 1 on the fiber,
+    # 1/2 at fiber_distance_um). One frame's attachment is fragile: a cell missed or merged
+    # with its neighbour in that frame hands the fiber to the neighbour; the vote over frames
+    # keeps a single bad frame from deciding.
+    votes: dict[int, float] = {}
+    dist: dict[int, float] = {}
     if fib is not None:
         r_fib = config.fiber_distance_um / pixel_size_um
-        # the fiber it sits on at birth, else the fiber seen there (still attached) over the
-        # frames before its first detection: small migrasomes are seen late
         frames = [int(f) for f in head_frames]
-        frames += list(range(birth - 1, max(-1, birth - 1 - config.rear_lookback_frames), -1))
+        n_before = min(config.vote_frames, config.rear_lookback_frames)
+        frames += [f for f in range(birth - 1, birth - 1 - n_before, -1) if f >= 0]
         for f in frames:
-            hit = _fiber_cell(fib, f, at(pc, f), fiber_cell, r_fib)
+            hit = _fiber_cell(fib, f, at(pc, f), fiber_cell, r_fib, geo)
             if hit is not None and hit[0] >= 0:
-                return tid, hit[0], "fiber_at_birth", hit[1] * pixel_size_um
+                w = 1.0 / (1.0 + hit[1] / max(r_fib, 1e-9))
+                votes[hit[0]] = votes.get(hit[0], 0.0) + w
+                dist[hit[0]] = min(dist.get(hit[0], math.inf), hit[1])
+        if not votes:
+            # none in the window: the nearest earlier frame with an attached fiber there
+            for f in range(birth - 1 - n_before,
+                           max(-1, birth - 1 - config.rear_lookback_frames), -1):
+                hit = _fiber_cell(fib, f, at(pc, f), fiber_cell, r_fib, geo)
+                if hit is not None and hit[0] >= 0:
+                    return tid, hit[0], "fiber_at_birth", hit[1] * pixel_size_um
+    # Cover vote. A migrasome is left behind the rear of the cell that made it: that cell's
+    # body was over the place shortly before the birth, then moved on.
+    if votes and cel is not None and config.cover_weight > 0:
+        cover = _last_cover(cel, pc, at, birth, n_t, config.cover_distance_um / pixel_size_um,
+                            config.rear_lookback_frames)
+        if cover is not None:
+            votes[cover[0]] = votes.get(cover[0], 0.0) + config.cover_weight
+    if votes:
+        ranked = sorted(votes.items(), key=lambda kv: (-kv[1], dist.get(kv[0], math.inf)))
+        cid = ranked[0][0]
+        if cid in dist:
+            return tid, cid, "fiber_at_birth", dist[cid] * pixel_size_um
+        return tid, cid, "rear_path", 0.0
     if cel is None:
         return tid, -1, "cell_not_in_view", math.nan
     radius = config.rear_distance_um / pixel_size_um

@@ -80,6 +80,11 @@ class GrowthConfig:
         5, unit="frames", min=4, max=100,
         help="fewest frames (up to the plateau end) needed for the saturating fit",
     )
+    onset_min_r2: float = param(
+        0.8, min=0.0, max=1.0,
+        help="growth time is measured from the fitted onset of growth (not the first "
+             "detection) when the saturating fit reaches this R^2; 1.0 disables it",
+    )
     end_frames: int = param(
         4, unit="frames", min=2, max=50,
         help="frames at the end of a track used to decide whether it is still growing",
@@ -95,8 +100,9 @@ def _saturating(t: np.ndarray, dp: float, tau: float, t0: float) -> np.ndarray:
     return dp * (1.0 - np.exp(-np.clip(t - t0, 0.0, None) / tau))
 
 
-def _fit(t: np.ndarray, d: np.ndarray, dt: float, d_max: float) -> tuple[float, float, float]:
-    """Bounded saturating fit; (dp, tau, r2) or NaNs when it fails."""
+def _fit(t: np.ndarray, d: np.ndarray, dt: float,
+         d_max: float) -> tuple[float, float, float, float]:
+    """Bounded saturating fit; (dp, tau, r2, t0) or NaNs when it fails."""
     duration = max(float(t[-1] - t[0]), dt)
     lo = [1e-6, 0.05 * dt, t[0] - 10.0 * dt]
     hi = [3.0 * max(d_max, 1e-6), 100.0 * duration, t[0]]
@@ -106,11 +112,11 @@ def _fit(t: np.ndarray, d: np.ndarray, dt: float, d_max: float) -> tuple[float, 
             warnings.simplefilter("ignore", OptimizeWarning)
             popt, _ = curve_fit(_saturating, t, d, p0=p0, bounds=(lo, hi), maxfev=2000)
     except (RuntimeError, ValueError):
-        return math.nan, math.nan, math.nan
+        return math.nan, math.nan, math.nan, math.nan
     resid = d - _saturating(t, *popt)
     ss_tot = float(np.sum((d - d.mean()) ** 2))
     r2 = 1.0 - float(np.sum(resid**2)) / ss_tot if ss_tot > 0 else math.nan
-    return float(popt[0]), float(popt[1]), r2
+    return float(popt[0]), float(popt[1]), r2, float(popt[2])
 
 
 def _one_track(
@@ -173,8 +179,16 @@ def _one_track(
         slope = np.polyfit(t[-k:], d[-k:], 1)[0] if t[-1] > t[-k] else 0.0
         row["growing_at_end"] = bool(slope * (t[-1] - t[-k]) > config.end_rise_fraction * d_max)
     if i_end >= config.min_fit_points:
-        dp, tau, r2 = _fit(t[:i_end], d[:i_end], dt, d_max)
+        dp, tau, r2, t0 = _fit(t[:i_end], d[:i_end], dt, d_max)
         row["fit_plateau_diameter_um"], row["fit_time_constant_s"], row["fit_r2"] = dp, tau, r2
+        # A migrasome is first detected only once it has grown past the detection limit, so
+        # the first detection is late; its growth started at the fitted onset t0 (where the
+        # saturating curve through the growing frames leaves 0), which the growth time is
+        # measured from when the fit describes the growth (r2 >= onset_min_r2).
+        g = row["growth_time_s"]
+        if (np.isfinite(g) and np.isfinite(t0) and np.isfinite(r2) and r2 >= config.onset_min_r2
+                and first > 0):
+            row["growth_time_s"] = float(g - t0)
     return row
 
 

@@ -18,6 +18,20 @@ deprecates). The cost is the Euclidean distance in a scaled ``(y, x, w * diamete
 migrasomes are anchored (``max_step_um`` small) and change size slowly, so a detection of very
 different size is a worse match than a static one; linking is one-to-one, so two touching
 migrasomes stay two tracks; ``memory = max_gap_frames`` closes gaps of missed detections.
+
+Fragment merging. A migrasome is fixed on the dish, so in drift-corrected coordinates all its
+detections sit at one place. When the detector misses it for longer than ``max_gap_frames``,
+or a noisy detection (position jitter, a diameter jump, a spurious neighbour taking the link)
+breaks the frame-to-frame link, its track is cut into fragments that follow each other in
+time at the same place. After linking, a fragment that ends is joined to a fragment that
+starts within ``merge_max_gap_frames`` frames later (or up to ``merge_max_overlap_frames``
+before the first ends: a duplicate detection took the link for a frame or two; the duplicate
+rows are split off as one-frame tracks) when their median positions (over all
+their frames: the anchor, robust to per-frame jitter) are within ``merge_distance_um``.
+Candidate joins are taken in order of increasing distance, each fragment getting at most one
+successor and one predecessor, so chains never overlap in time (written by hand: trackpy's
+gap closing is frame-to-frame with a per-frame search radius and cannot use the anchor of a
+whole fragment).
 """
 
 from __future__ import annotations
@@ -58,6 +72,21 @@ class TrackingConfig:
         0.5, unit="um/um", min=0.0, max=10.0,
         help="µm of displacement that 1 µm of diameter change costs when linking",
     )
+    merge_distance_um: float = param(
+        0.5, unit="um", min=0.0, max=5.0,
+        help="track fragments that follow each other in time are joined when their median "
+             "(drift-corrected) positions are this close: the same anchored migrasome",
+    )
+    merge_max_gap_frames: int = param(
+        10, unit="frames", min=0, max=500,
+        help="longest gap between the end of a fragment and the start of the next one that "
+             "may be joined (0: no fragment merging)",
+    )
+    merge_max_overlap_frames: int = param(
+        2, unit="frames", min=0, max=50,
+        help="a fragment may start this many frames before the previous one ends and still "
+             "be joined (the duplicate rows of those frames become one-frame tracks)",
+    )
     cell_max_step_um: float = param(
         15.0, unit="um", min=0.0, max=500.0,
         help="largest centroid move of a cell per frame when overlap gives no match",
@@ -95,6 +124,76 @@ def _link(coords: np.ndarray, frames: np.ndarray, search_range: float, memory: i
         log.info("crowded linking subnetwork: retrying with an adaptive search range")
         run(adaptive_stop=0.1 * search_range, adaptive_step=0.9)
     return labels
+
+
+def merge_fragments(yx: np.ndarray, frames: np.ndarray, labels: np.ndarray, *,
+                    max_distance: float, max_gap_frames: int,
+                    max_overlap_frames: int = 0) -> np.ndarray:
+    """Join track fragments of the same anchored object (see the module docstring).
+
+    ``yx`` are drift-corrected positions (any unit, the same as ``max_distance``), ``frames``
+    the frame per row and ``labels`` the track label per row; returns new labels (the label
+    of a chain is that of its first fragment). A later fragment may start up to
+    ``max_overlap_frames`` frames before the earlier one ends (a duplicate detection took the
+    link for a frame or two); in a frame where the joined track then has two rows, the row
+    nearer the track's median position stays and the other becomes a one-frame track.
+    """
+    from scipy.spatial import cKDTree
+
+    labels = np.asarray(labels, dtype=np.int64)
+    ids, inv = np.unique(labels, return_inverse=True)
+    if len(ids) < 2:
+        return labels
+    first = np.full(len(ids), np.iinfo(np.int64).max)
+    last = np.full(len(ids), np.iinfo(np.int64).min)
+    np.minimum.at(first, inv, frames)
+    np.maximum.at(last, inv, frames)
+    # median position of each fragment (its anchor)
+    order = np.argsort(inv, kind="stable")
+    bounds = np.searchsorted(inv[order], np.arange(len(ids) + 1))
+    anchor = np.array([np.median(yx[order[bounds[k]:bounds[k + 1]]], axis=0)
+                       for k in range(len(ids))])
+    pairs = cKDTree(anchor).query_pairs(max_distance, output_type="ndarray")
+    if len(pairs) == 0:
+        return labels
+    a, b = pairs[:, 0], pairs[:, 1]
+    swap = first[a] > first[b]  # a: the earlier fragment
+    a, b = np.where(swap, b, a), np.where(swap, a, b)
+    gap = first[b] - last[a]
+    ok = ((gap >= 1 - max_overlap_frames) & (gap <= max_gap_frames + 1)
+          & (first[b] > first[a]) & (last[b] > last[a]))
+    a, b = a[ok], b[ok]
+    dist = np.hypot(*(anchor[a] - anchor[b]).T)
+    succ = np.full(len(ids), -1)
+    pred = np.full(len(ids), -1)
+    for k in np.lexsort((gap[ok], dist)):  # nearest first, then the shortest gap
+        i, j = a[k], b[k]
+        if succ[i] < 0 and pred[j] < 0:
+            succ[i], pred[j] = j, i
+    root = np.arange(len(ids))
+    for k in np.argsort(first, kind="stable"):  # predecessors start earlier: roots first
+        if pred[k] >= 0:
+            root[k] = root[pred[k]]
+    out = ids[root][inv]
+    if max_overlap_frames > 0:
+        out = _split_duplicates(yx, frames, out)
+    return out
+
+
+def _split_duplicates(yx: np.ndarray, frames: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Give every row but the one nearest its track's median position, among the rows of a
+    track in one frame, a one-frame track of its own."""
+    df = pd.DataFrame({"label": labels, "frame": frames, "y": yx[:, 0], "x": yx[:, 1]})
+    dup = df.duplicated(["label", "frame"], keep=False).to_numpy()
+    if not dup.any():
+        return labels
+    med = df.groupby("label")[["y", "x"]].transform("median").to_numpy()
+    df["d"] = np.hypot(*(yx - med).T)
+    sub = df[dup].sort_values(["label", "frame", "d"], kind="stable")
+    extra = sub.index[sub.duplicated(["label", "frame"], keep="first").to_numpy()]
+    out = labels.copy()
+    out[extra] = labels.max() + 1 + np.arange(len(extra))
+    return out
 
 
 def link_migrasomes(
@@ -147,6 +246,10 @@ def link_migrasomes(
         np.nan_to_num(out["diameter_um"].to_numpy(np.float64)) * config.diameter_weight,
     ])
     raw = _link(coords, frames, config.max_step_um, config.max_gap_frames)
+    if config.merge_max_gap_frames > 0 and config.merge_distance_um > 0:
+        raw = merge_fragments(coords[:, :2], frames, raw, max_distance=config.merge_distance_um,
+                              max_gap_frames=config.merge_max_gap_frames,
+                              max_overlap_frames=config.merge_max_overlap_frames)
     # renumber 0..n-1 in order of first appearance (frame, then row)
     order = np.lexsort((np.arange(len(raw)), frames))
     _, first_pos = np.unique(raw[order], return_index=True)
