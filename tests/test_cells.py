@@ -182,3 +182,87 @@ def test_elongated_cell_with_nucleus_is_not_split():
     labels = segment_cells(frame, pixel_size_um=PX, config=CFG, marker="tspan4_gfp")
     assert labels.max() == 1
     assert best_iou(labels, body) >= 0.85
+
+
+def test_wga_touching_rims_are_two_cells():
+    """Two membrane-stained cells (bright 0.5 µm rim, dim interior) touching or overlapping
+    by 2 µm: one bright double-membrane ridge between two interiors -> two labels."""
+    from migradetect.config import load_config
+
+    cfg = load_config("wga").cells
+    shape = (200, 300)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    for gap_um in (16.0, 18.0):
+        cb = 80 + gap_um / PX
+        ra = np.hypot(yy - 100, xx - 80) * PX
+        rb = np.hypot(yy - 100, xx - cb) * PX
+        a, b = ra <= 9.0, rb <= 9.0
+        rims = (np.abs(ra - 9.0) <= 0.25) | (np.abs(rb - 9.0) <= 0.25)
+        frame = render(80.0 * rims + 12.0 * (a | b), seed=5)
+        labels = segment_cells(frame, pixel_size_um=PX, config=cfg, marker="wga")
+        assert labels.max() == 2
+        assert labels[100, 80] > 0 and labels[100, int(cb)] > 0
+        assert labels[100, 80] != labels[100, int(cb)]
+        assert best_iou(labels, a & ~b) >= 0.9 and best_iou(labels, b & ~a) >= 0.9
+
+
+def test_cells_cut_by_the_frame_border_and_odd_frame_sizes():
+    """Frame sizes that are not a multiple of the coarse block, a cell cut by the border:
+    the fine edges are placed in crops around each group of cells, clipped at the frame."""
+    shape = (203, 251)
+    a = disk(shape, 10, 120, 8.0)  # centre 2.5 µm from the top edge
+    b = disk(shape, 130, 240, 7.0)  # cut by the right edge
+    c = disk(shape, 120, 70, 8.0)
+    frame = render(30.0 * (a | b | c), seed=6)
+    labels = segment_cells(frame, pixel_size_um=PX, config=CFG, marker="tspan4_gfp")
+    assert labels.shape == shape and labels.max() == 3
+    for m in (a, b, c):
+        assert best_iou(labels, m) >= 0.9
+    # raster order of the first pixel
+    assert labels[10, 120] == 1 and labels[120, 70] == 2 and labels[130, 240] == 3
+
+
+def test_shifted_view_morphology_matches_scipy():
+    from migradetect import cells as C
+
+    rng = np.random.default_rng(1)
+    m = ndi.gaussian_filter(rng.normal(size=(61, 77)), 2) > 0.05
+    square = np.ones((3, 3), bool)
+    np.testing.assert_array_equal(C._erode(m, 2), ndi.binary_erosion(m, iterations=2))
+    np.testing.assert_array_equal(C._erode(m, square=True), ndi.binary_erosion(m, square))
+    np.testing.assert_array_equal(C._dilate(m, 2), ndi.binary_dilation(m, iterations=2))
+    np.testing.assert_array_equal(C._dilate(m, square=True), ndi.binary_dilation(m, square))
+    im = rng.normal(size=(61, 77)).astype(np.float32)
+    for size in (3, 5):
+        np.testing.assert_array_equal(C._grey_opening(im, size),
+                                      ndi.grey_opening(im, size=(size, size), mode="nearest"))
+    # the octagon of radius 3 (cross, square, cross) holds the disk of radius 2.9 and lies
+    # within that of radius sqrt(10) (its corners are the pixels (3, 1))
+    dot = np.zeros((15, 15), bool)
+    dot[7, 7] = True
+    octagon = C._dilate(dot, 3, alternate=True)
+    r = np.hypot(*(np.mgrid[:15, :15] - 7))
+    assert octagon[r <= 2.9].all() and not octagon[r > 3.17].any()
+    # labels grown by 2 pixels: exactly the pixels within Euclidean distance 2
+    lab = np.zeros((20, 20), np.int32)
+    lab[5, 5], lab[14, 14] = 1, 2
+    grown = C._expand(lab, 2)
+    dist, (iy, ix) = ndi.distance_transform_edt(lab == 0, return_indices=True)
+    np.testing.assert_array_equal(grown, np.where(dist <= 2, lab[iy, ix], 0))
+
+
+def test_label_percentile_and_plane_helpers():
+    from migradetect import cells as C
+
+    rng = np.random.default_rng(2)
+    values = rng.normal(size=(40, 50)).astype(np.float32)
+    labels = rng.integers(0, 4, size=(40, 50))
+    labels[labels == 2] = 0  # label 2 has no pixel: default
+    got = C._label_percentile(values, labels, 3, 50.0, default=np.array([7.0, 7.0, 7.0]))
+    for i in (1, 3):
+        v = np.sort(values[labels == i])
+        assert got[i - 1] == pytest.approx(v[int(np.floor(0.5 * (len(v) - 1) + 0.5))])
+    assert got[1] == 7.0
+    yy, xx = np.mgrid[:60, :80]
+    plane = (5.0 + 0.3 * yy - 0.2 * xx).astype(np.float32)
+    np.testing.assert_allclose(C._plane(plane, rng.random(plane.shape) > 0.5), plane, atol=1e-3)
