@@ -14,8 +14,10 @@ References, scored on the same frames with the same inside-cell rejection:
   condition (a sweep over quantiles of the masses found with minmass=0: an oracle choice);
 - skimage.feature.blob_log (sigmas for 0.4-3.5 µm blobs) with its BEST threshold per
   condition (same oracle sweep on the scale-normalised LoG response of each blob).
-CPU time of detect_migrasomes per 1024^2 frame (time.process_time, after a warm-up) is
-measured on one simulated 1024^2 frame per preset. Prints a table and writes JSON.
+CPU time of detect_migrasomes (raw and background-subtracted frame) and of preprocessing
+(subtract_background + noise_sigma) per 1024^2 frame (time.process_time, after a warm-up;
+run with OMP_NUM_THREADS=1 for one thread) is measured on one simulated 1024^2 frame per
+preset. Prints a table and writes JSON.
 """
 
 from __future__ import annotations
@@ -149,20 +151,40 @@ def run_condition(preset: str, snr: str, crowded: bool, seeds: list[int], size: 
     }
 
 
-def cpu_per_1024(preset: str, seed: int) -> float:
+def cpu_per_1024(preset: str, seed: int) -> dict[str, float]:
+    """CPU seconds per 1024^2 frame (process_time, median of 5 after a warm-up).
+
+    ``detect``: detect_migrasomes on the raw frame (as in the conditions above);
+    ``detect_corrected``: on the background-subtracted frame (what the pipeline passes);
+    ``preprocess``: subtract_background + noise_sigma (as benchmarks/run.py times it).
+    """
+    from migradetect import preprocess
+
     conf = load_config(preset)
     sim = simulate(preset=preset, seed=seed, size=1024, n_frames=12, n_cells=6, snr="medium")
     frame, px = sim.image[-1, 0], sim.pixel_size_um
     labels = sim.cell_labels[-1]
     kw = dict(pixel_size_um=px, psf_sigma_um=conf.optics.psf_sigma, config=conf.migrasomes,
               cell_labels=labels)
-    detect_migrasomes(frame, **kw)  # warm-up: model tables, imports
-    times = []
-    for _ in range(3):
-        t0 = time.process_time()
-        detect_migrasomes(frame, **kw)
-        times.append(time.process_time() - t0)
-    return float(np.median(times))
+    corrected, _bg = preprocess.subtract_background(frame, pixel_size_um=px,
+                                                    config=conf.preprocess)
+
+    def pre() -> None:
+        c, _ = preprocess.subtract_background(frame, pixel_size_um=px, config=conf.preprocess)
+        preprocess.noise_sigma(c)
+
+    def median_cpu(fn) -> float:
+        fn()  # warm-up: model tables, imports
+        times = []
+        for _ in range(5):
+            t0 = time.process_time()
+            fn()
+            times.append(time.process_time() - t0)
+        return float(np.median(times))
+
+    return {"detect": median_cpu(lambda: detect_migrasomes(frame, **kw)),
+            "detect_corrected": median_cpu(lambda: detect_migrasomes(corrected, **kw)),
+            "preprocess": median_cpu(pre)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
                          f"{1000 * r['cpu_s_per_frame']:6.1f}")
     cpu = {p: cpu_per_1024(p, seeds[0]) for p in PRESETS}
     for p, t in cpu.items():
-        log.info(f"CPU per 1024^2 frame, {p}: {1000 * t:.1f} ms (process_time, median of 3)")
+        log.info(f"CPU per 1024^2 frame, {p}: detect {1000 * t['detect']:.1f} ms (raw frame), "
+                 f"{1000 * t['detect_corrected']:.1f} ms (background-subtracted), "
+                 f"preprocess {1000 * t['preprocess']:.1f} ms (process_time, median of 5)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"conditions": rows, "cpu_s_per_1024_frame": cpu,

@@ -116,3 +116,22 @@ def test_frame_stats_with_mask():
     assert s["background"] == pytest.approx(100.0 - 1.645 * 2, abs=1.0)
     with pytest.raises(InputError):
         frame_stats(frames[0], mask=mask[:10])
+
+
+@pytest.mark.parametrize(("small_shape", "factor", "shape"),
+                         [((128, 128), 8, (1024, 1024)), ((125, 126), 8, (1000, 1003)),
+                          ((8, 10), 5, (37, 50)), ((3, 4), 4, (20, 9)), ((1, 1), 3, (3, 3)),
+                          ((6, 6), 2, (11, 12))])
+def test_upsample_is_separable_bilinear_with_clipping(small_shape, factor, shape):
+    """Reference: pixel centre (i + 0.5) / factor - 0.5 in block units, clipped to the
+    blocks, linear interpolation along each axis (np.interp)."""
+    from migradetect.preprocess import upsample
+
+    small = np.random.default_rng(0).random(small_shape).astype(np.float32)
+    yq = np.clip((np.arange(shape[0]) + 0.5) / factor - 0.5, 0, small_shape[0] - 1)
+    xq = np.clip((np.arange(shape[1]) + 0.5) / factor - 0.5, 0, small_shape[1] - 1)
+    cols = np.array([np.interp(xq, np.arange(small_shape[1]), row) for row in small])
+    ref = np.array([np.interp(yq, np.arange(small_shape[0]), col) for col in cols.T]).T
+    out = upsample(small, factor, shape)
+    assert out.shape == shape and out.dtype == np.float32 and out.flags.c_contiguous
+    assert np.abs(out - ref).max() < 1e-5

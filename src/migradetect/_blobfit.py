@@ -26,6 +26,7 @@ cover a small fraction of the angles at each radius.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 
 import numpy as np
@@ -76,16 +77,47 @@ def model_table(psf_px: float, r_max_px: float) -> tuple[np.ndarray, np.ndarray]
     return radii_arr, table
 
 
+@lru_cache(maxsize=8)
+def _unit_circle(n_angles: int) -> tuple[np.ndarray, np.ndarray]:
+    ang = np.arange(n_angles) * (2 * np.pi / n_angles)
+    return np.sin(ang).astype(np.float32), np.cos(ang).astype(np.float32)
+
+
 def sample_polar(image: np.ndarray, cy: np.ndarray, cx: np.ndarray, radii: np.ndarray,
                  n_angles: int = N_ANGLES) -> np.ndarray:
     """Bilinear samples of ``image`` on circles: returns (n, len_r, n_angles).
 
-    ``radii`` is (n, len_r) in px (one set of radii per centre).
+    ``radii`` is (n, len_r) in px (one set of radii per centre). Coordinates are float32
+    (1e-4 px at 1000 px; far below the noise of any position here) for a float32 image.
     """
-    ang = np.arange(n_angles) * (2 * np.pi / n_angles)
-    ys = cy[:, None, None] + radii[:, :, None] * np.sin(ang)[None, None, :]
-    xs = cx[:, None, None] + radii[:, :, None] * np.cos(ang)[None, None, :]
-    return bilinear(image, ys, xs)
+    sin_a, cos_a = _unit_circle(int(n_angles))
+    ct = _coord_dtype(image)
+    img = _as_float(image)
+    radii = np.asarray(radii, dtype=ct)
+    cy, cx = np.asarray(cy, dtype=ct), np.asarray(cx, dtype=ct)
+    n, nr = radii.shape
+    out = np.empty((n, nr, int(n_angles)), img.dtype)
+    # in chunks of ~16k samples: the temporaries stay small and are reused from the heap
+    # (multi-megabyte ones would cost page faults, ~1 ms per 4 MB, on every frame)
+    step = max(1, 16384 // max(nr * int(n_angles), 1))
+    for i0 in range(0, n, step):
+        i1 = min(i0 + step, n)
+        r = radii[i0:i1, :, None]
+        ys = r * sin_a
+        ys += cy[i0:i1, None, None]
+        xs = r * cos_a
+        xs += cx[i0:i1, None, None]
+        out[i0:i1] = _bilinear_inplace(img, ys, xs)
+    return out
+
+
+def _as_float(image: np.ndarray) -> np.ndarray:
+    img = np.asarray(image)
+    return img if img.dtype.kind == "f" else img.astype(np.float64)
+
+
+def _coord_dtype(image: np.ndarray) -> type:
+    return np.float32 if np.asarray(image).dtype == np.float32 else np.float64
 
 
 def bilinear(image: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
@@ -95,25 +127,64 @@ def bilinear(image: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
     (to float32 rounding for float32 images; integer images are sampled as float64, not
     rounded back), by four gathers from the flat image.
     """
-    img = np.asarray(image)
-    if img.dtype.kind != "f":
-        img = img.astype(np.float64)
+    ct = _coord_dtype(image)
+    return _bilinear_inplace(_as_float(image), np.array(ys, dtype=ct), np.array(xs, dtype=ct))
+
+
+def _bilinear_inplace(img: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """:func:`bilinear` on a float image; overwrites ``ys`` and ``xs`` (fresh arrays).
+
+    Written as in-place array operations (no temporaries beyond the four gathers): this is
+    the bulk of the per-candidate work of the detector.
+    """
     ny, nx = img.shape
     if ny < 2 or nx < 2:
         return ndi.map_coordinates(img, [np.ravel(ys), np.ravel(xs)], order=1,
                                    mode="nearest").reshape(np.shape(ys))
-    y = np.clip(ys, 0.0, ny - 1.0)
-    x = np.clip(xs, 0.0, nx - 1.0)
-    y0 = np.minimum(y.astype(np.int64), ny - 2)
-    x0 = np.minimum(x.astype(np.int64), nx - 2)
-    fy = (y - y0).astype(img.dtype)
-    fx = (x - x0).astype(fy.dtype)
+    np.clip(ys, 0.0, ny - 1.0, out=ys)
+    np.clip(xs, 0.0, nx - 1.0, out=xs)
+    y0 = ys.astype(np.intp)
+    x0 = xs.astype(np.intp)
+    np.minimum(y0, ny - 2, out=y0)
+    np.minimum(x0, nx - 2, out=x0)
+    ys -= y0  # now the fractions
+    xs -= x0
+    fy = ys if ys.dtype == img.dtype else ys.astype(img.dtype)
+    fx = xs if xs.dtype == img.dtype else xs.astype(img.dtype)
     flat = img.ravel()
-    i = y0 * nx + x0
-    a, b = flat[i], flat[i + 1]
-    c, d = flat[i + nx], flat[i + nx + 1]
-    top = a + (b - a) * fx
-    return top + (c + (d - c) * fx - top) * fy
+    i = y0
+    i *= nx
+    i += x0
+    a = flat.take(i)
+    i += 1
+    b = flat.take(i)
+    i += nx
+    d = flat.take(i)
+    i -= 1
+    c = flat.take(i)
+    b -= a  # top: a + (b - a) fx
+    b *= fx
+    a += b
+    d -= c  # bottom: c + (d - c) fx
+    d *= fx
+    c += d
+    c -= a  # top + (bottom - top) fy
+    c *= fy
+    a += c
+    return a
+
+
+def median_last(a: np.ndarray) -> np.ndarray:
+    """``np.median(a, axis=-1)`` for NaN-free arrays, by a full sort of the last axis.
+
+    For the short rows here (32 angles, 1024 samples) numpy's vectorised sort is several
+    times faster than the partition ``np.median`` uses.
+    """
+    s = np.sort(a, axis=-1)
+    n = s.shape[-1]
+    if n % 2:
+        return s[..., n // 2]
+    return 0.5 * (s[..., n // 2 - 1] + s[..., n // 2])
 
 
 def weighted_centroid(image: np.ndarray, cy: np.ndarray, cx: np.ndarray, width: np.ndarray,
@@ -132,8 +203,12 @@ def weighted_centroid(image: np.ndarray, cy: np.ndarray, cx: np.ndarray, width: 
     cy, cx = np.array(cy, dtype=np.float64), np.array(cx, dtype=np.float64)
     width = np.asarray(width, dtype=np.float64)
     half_all = np.clip(np.ceil(4.0 * width), 2, 48).astype(int)
-    for half in np.unique(half_all):  # one group per window size (few groups)
-        sel = np.flatnonzero(half_all == half)
+    groups = []
+    for half in np.unique(half_all):  # one group per window size (few groups), in chunks
+        idx = np.flatnonzero(half_all == half)  # of ~32k pixels: small temporaries, reused
+        step = max(1, 32768 // (2 * int(half) + 1) ** 2)
+        groups += [(int(half), idx[i:i + step]) for i in range(0, idx.size, step)]
+    for half, sel in groups:
         off = np.arange(-half, half + 1)
         py = np.rint(cy[sel]).astype(np.int64)[:, None] + off[None, :]  # (m, P) pixel rows
         px = np.rint(cx[sel]).astype(np.int64)[:, None] + off[None, :]
@@ -207,6 +282,8 @@ def _fit_group(profiles: np.ndarray, r: np.ndarray, weights: np.ndarray, psf_px:
                radii: np.ndarray, table: np.ndarray, kc: int) -> dict[str, np.ndarray]:
     """:func:`fit_profiles` on the first ``kc`` tabulated radii."""
     n = profiles.shape[0]
+    if n > 1 and (r == r[:1]).all() and (weights == weights[:1]).all():
+        return _fit_group_shared(profiles, r[0], weights[0], psf_px, radii, table, kc)
     # model values at each candidate's radii: (n, K, B) by linear interpolation in the table
     pos = r / _DR
     i0 = np.clip(np.floor(pos).astype(np.int64), 0, table.shape[1] - 2)
@@ -246,6 +323,51 @@ def _fit_group(profiles: np.ndarray, r: np.ndarray, weights: np.ndarray, psf_px:
     c = wy - a * mm[rows, k]
     peak = a * m[rows, k].max(axis=1)  # model maximum over the sampled radii
     peak = np.maximum(peak, a * table[k].max(axis=1))
+    r2 = 1.0 - sse[rows, k] / np.maximum(var_y, 1e-30)
+    return {"radius_px": radius, "amplitude": a, "offset": c, "peak": peak, "r2": r2}
+
+
+def _fit_group_shared(profiles: np.ndarray, r: np.ndarray, weights: np.ndarray,
+                      psf_px: float, radii: np.ndarray, table: np.ndarray,
+                      kc: int) -> dict[str, np.ndarray]:
+    """:func:`_fit_group` when all profiles share their radii ``r`` (B,) and ``weights``.
+
+    Candidates of one detection scale are sampled on the same radii, so the model matrix
+    (K, B) is shared and the least squares of all candidates reduce to matrix products
+    (same formulas as :func:`_fit_group`).
+    """
+    n = profiles.shape[0]
+    pos = r / _DR
+    i0 = np.clip(np.floor(pos).astype(np.int64), 0, table.shape[1] - 2)
+    t = pos - i0
+    m = table[:kc, i0] * (1 - t) + table[:kc, i0 + 1] * t  # (K, B)
+    w = weights / weights.sum()
+    y = profiles.astype(np.float64)
+    wy = y @ w  # (n,)
+    mm = m @ w  # (K,)
+    dm = m - mm[:, None]
+    dy = y - wy[:, None]
+    var_m = (dm * dm) @ w  # (K,)
+    cov = (dy * w) @ dm.T  # (n, K)
+    var_y = (dy * dy) @ w  # (n,)
+    amp = cov / np.maximum(var_m, 1e-30)
+    sse = var_y[:, None] - np.where(amp > 0, cov * amp, 0.0)  # negative amplitudes: no fit
+    judged = radii[:kc] * 1.1 + 2 * psf_px <= r[-1]  # the shell must end inside the window
+    sse = np.where(judged[None, :], sse, np.inf)
+    if not judged[0]:
+        sse[:, 0] = var_y
+    k = np.argmin(sse, axis=1)
+    kk = np.clip(k, 1, kc - 2)
+    rows = np.arange(n)
+    s0, s1, s2 = sse[rows, kk - 1], sse[rows, kk], sse[rows, kk + 1]
+    den = s0 - 2 * s1 + s2
+    ok = np.isfinite(den) & (den > 0) & (k == kk)
+    frac = np.where(ok, 0.5 * (s0 - s2) / np.where(ok, den, 1.0), 0.0)
+    frac = np.clip(frac, -0.5, 0.5)
+    radius = np.interp(k + frac, np.arange(len(radii)), radii)
+    a = amp[rows, k]
+    c = wy - a * mm[k]
+    peak = np.maximum(a * m.max(axis=1)[k], a * table[:kc].max(axis=1)[k])
     r2 = 1.0 - sse[rows, k] / np.maximum(var_y, 1e-30)
     return {"radius_px": radius, "amplitude": a, "offset": c, "peak": peak, "r2": r2}
 
@@ -310,15 +432,25 @@ def line_excess(circle: np.ndarray, centre: np.ndarray, noise: np.ndarray,
     out = np.zeros(n)
     lines_all = np.zeros(n)
     tol = a // 8  # +-45 degrees counts as opposite (fibers bend, centres are not exact)
-    for i in np.flatnonzero(height > 0):  # per candidate: a handful of spokes each
-        idx = np.flatnonzero(is_max[i])
-        if idx.size:
-            above = v[i] >= 0.5 * v[i, idx][:, None]  # (spokes, A)
-            width = np.array([_run_length(row, k) for row, k in zip(above, idx)])
-            idx = idx[width <= max_width[i]]
-        if idx.size == 0:
-            out[i] = 1.0
-            continue
+    # all spokes at once: the width (samples at >= half its height, circular run through it)
+    si, sk = np.nonzero(is_max & (height > 0)[:, None])
+    if si.size:
+        half = 0.5 * v[si, sk]
+        steps = np.arange(a)
+        fwd = v[si[:, None], (sk[:, None] + steps) % a] >= half[:, None]
+        bwd = v[si[:, None], (sk[:, None] - steps) % a] >= half[:, None]
+        full = fwd.all(axis=1)
+        n_f = np.where(full, a, np.argmin(fwd, axis=1))
+        n_b = np.where(full, a, np.argmin(bwd, axis=1))
+        width = np.where(full, a, n_f + n_b - 1)
+        ok = width <= max_width[si]
+        si, sk = si[ok], sk[ok]
+    n_spokes = np.bincount(si, minlength=n)
+    one = n_spokes == 1  # a single spoke (a tip) counts its full height
+    lines_all[si[one[si]]] = v[si[one[si]], sk[one[si]]]
+    starts = np.searchsorted(si, np.arange(n))
+    for i in np.flatnonzero(n_spokes >= 2):  # pairs of opposite spokes: a handful each
+        idx = sk[starts[i]:starts[i] + n_spokes[i]]
         vals = v[i, idx]
         order = np.argsort(-vals)
         used = np.zeros(idx.size, bool)
@@ -332,11 +464,10 @@ def line_excess(circle: np.ndarray, centre: np.ndarray, noise: np.ndarray,
             if cand.size:
                 q = cand[np.argmax(vals[cand])]
                 used[q] = True
-                lines += vals[p]  # the higher of the two: a weak opposite bump is no fiber
-            else:
-                lines += vals[p]
+            lines += vals[p]  # a pair counts its higher spoke: a weak opposite bump is no fiber
         lines_all[i] = lines
-        out[i] = (height[i] - lines) / height[i]
+    pos = height > 0
+    out[pos] = (height[pos] - lines_all[pos]) / height[pos]
     out = np.clip(out, 0.0, 1.0)
     resid = np.maximum(height - lines_all, 0.0)
     if return_residual:
@@ -344,28 +475,69 @@ def line_excess(circle: np.ndarray, centre: np.ndarray, noise: np.ndarray,
     return out
 
 
-def _run_length(mask: np.ndarray, k: int) -> int:
-    """Length of the circular run of True in ``mask`` that contains index ``k``."""
-    a = mask.size
-    if mask.all():
-        return a
-    n = 1
-    while n < a and mask[(k + n) % a]:
-        n += 1
-    m = 1
-    while m < a and mask[(k - m) % a]:
-        m += 1
-    return n + m - 1
+def two_shells_fit_better(image: np.ndarray, big: tuple[float, float, float],
+                          a: tuple[float, float, float], b: tuple[float, float, float],
+                          psf_px: float, r_table_max: float) -> bool:
+    """Whether two vesicles ``a`` and ``b`` explain the image around ``big`` better than one.
+
+    Each argument is ``(y, x, shell radius)`` in px. On the pixels within ``big``'s radius
+    plus 4 PSF sigmas, the shell-convolved-with-PSF model of ``big`` (amplitude + offset) and
+    the sum of the models of ``a`` and ``b`` (two amplitudes + offset) are fitted by linear
+    least squares; True when the second has the smaller residual with both amplitudes
+    positive. Two touching vesicles seen as one blob are not one limb-brightened shell; a
+    ring-like migrasome is, and two small blobs on its rim explain only part of it.
+    """
+    radii, table = model_table(round(float(psf_px), 3), float(np.ceil(r_table_max)))
+    img = np.asarray(image)
+    ny, nx = img.shape
+    y0, x0, r0 = big
+    half = int(np.ceil(r0 + 4.0 * psf_px + 1.0))
+    yy = np.arange(int(round(y0)) - half, int(round(y0)) + half + 1)
+    xx = np.arange(int(round(x0)) - half, int(round(x0)) + half + 1)
+    yy, xx = yy[(yy >= 0) & (yy < ny)], xx[(xx >= 0) & (xx < nx)]
+    if yy.size < 3 or xx.size < 3:
+        return False
+    gy, gx = np.meshgrid(yy, xx, indexing="ij")
+    inside = np.hypot(gy - y0, gx - x0) <= r0 + 4.0 * psf_px
+    py, px = gy[inside], gx[inside]
+    vals = img[py, px].astype(np.float64)
+    pos = np.arange(table.shape[1])
+
+    def shell(y: float, x: float, r: float) -> np.ndarray:
+        k = float(np.interp(r, radii, np.arange(len(radii))))
+        k0 = min(int(k), len(radii) - 2)
+        row = table[k0] * (1.0 - (k - k0)) + table[k0 + 1] * (k - k0)
+        return np.interp(np.hypot(py - y, px - x) / _DR, pos, row)
+
+    ones = np.ones(vals.size)
+    m_big, m_a, m_b = shell(*big), shell(*a), shell(*b)
+
+    def sse(design: np.ndarray) -> tuple[float, np.ndarray]:  # normal equations: 2-3 columns
+        gram, rhs = design @ design.T, design @ vals
+        try:
+            coef = np.linalg.solve(gram, rhs)
+        except np.linalg.LinAlgError:
+            return np.inf, np.zeros(len(design))
+        return float(vals @ vals - coef @ rhs), coef
+
+    sse1, _ = sse(np.stack([m_big, ones]))
+    sse2, c2 = sse(np.stack([m_a, m_b, ones]))
+    return bool(c2[0] > 0 and c2[1] > 0 and sse2 < sse1)
 
 
 def select_objects(cy: np.ndarray, cx: np.ndarray, radius: np.ndarray, strength: np.ndarray,
-                   isotropy: np.ndarray, psf_px: float) -> np.ndarray:
+                   isotropy: np.ndarray, psf_px: float,
+                   pair_test: Callable[[int, int, int], bool] | None = None) -> np.ndarray:
     """Indices of the candidates kept as distinct objects (duplicates and mergers removed).
 
     1. A candidate is a *merger* (the scale-space response of two touching vesicles seen as
        one) when it is elongated (Hessian isotropy < 0.65; a single vesicle, ring-like or not,
        is round) and its disk holds the centres of two other candidates that do not overlap
        each other and are each at least 0.3 of its radius: it is dropped, they are kept.
+       With ``pair_test(i, a, b)`` (e.g. :func:`two_shells_fit_better`) the members are the
+       candidates ``i`` would suppress as duplicates (below), and ``i`` is a merger only when
+       the test says two objects ``a``, ``b`` explain the image better than ``i`` alone: a
+       ring-like migrasome whose rim gave the smaller candidates is no merger.
     2. The rest are taken from large to small radius (then by ``strength``); a candidate
        whose centre lies inside an accepted object's disk (radius + 1 PSF sigma + half its
        own radius: it overlaps the accepted one by more than half its size) is a duplicate
@@ -378,22 +550,32 @@ def select_objects(cy: np.ndarray, cx: np.ndarray, radius: np.ndarray, strength:
     d = np.hypot(cy[:, None] - cy[None, :], cx[:, None] - cx[None, :])
     min_sep = max(1.5, 2.0 * psf_px)
     merger = np.zeros(n, bool)
-    for i in np.flatnonzero((radius > 2 * min_sep) & (isotropy < 0.65)):  # large, elongated
-        inner = np.flatnonzero((d[i] < radius[i]) & (radius < radius[i])
-                               & (radius >= 0.3 * radius[i]))
+    suspect = (radius > 2 * min_sep) & (isotropy < 0.65)  # large, elongated
+    # covers[k, i]: an accepted k would make i a duplicate
+    covers = d < np.maximum(radius[:, None] + 0.5 * radius[None, :] + psf_px, min_sep)
+    np.fill_diagonal(covers, False)
+    for i in np.flatnonzero(suspect):
+        if pair_test is None:
+            inner = np.flatnonzero((d[i] < radius[i]) & (radius < radius[i])
+                                   & (radius >= 0.3 * radius[i]))
+        else:  # the members it would suppress; the model comparison decides
+            inner = np.flatnonzero(covers[i] & (radius < radius[i]) & (radius >= 0.3 * radius[i]))
         if inner.size < 2:
             continue
         dd = d[np.ix_(inner, inner)]
-        apart = dd >= 0.9 * (radius[inner][:, None] + radius[inner][None, :])
-        merger[i] = bool(apart.any())
-    order = np.lexsort((-strength, -radius))
-    kept: list[int] = []
-    for i in order:  # a few hundred candidates at most
-        if merger[i]:
+        apart = np.triu(dd >= 0.9 * (radius[inner][:, None] + radius[inner][None, :]), 1)
+        if pair_test is None:
+            merger[i] = bool(apart.any())
             continue
-        if kept:
-            k = np.asarray(kept)
-            if np.any(d[k, i] < np.maximum(radius[k] + 0.5 * radius[i] + psf_px, min_sep)):
-                continue
-        kept.append(i)
-    return np.asarray(kept, dtype=np.int64)
+        pa, pb = np.nonzero(apart)
+        best = np.argsort(-(strength[inner[pa]] + strength[inner[pb]]))[:3]  # a few pairs
+        merger[i] = any(pair_test(i, int(inner[pa[q]]), int(inner[pb[q]])) for q in best)
+    order = np.lexsort((-strength, -radius))
+    kept = np.zeros(n, bool)
+    kept_list: list[int] = []
+    for i in order:  # greedy: a few hundred candidates at most
+        if merger[i] or (kept & covers[:, i]).any():
+            continue
+        kept[i] = True
+        kept_list.append(i)
+    return np.asarray(kept_list, dtype=np.int64)

@@ -119,13 +119,34 @@ def upsample(small: np.ndarray, factor: int, shape: tuple[int, int], *,
         big = np.repeat(np.repeat(small, factor, axis=0), factor, axis=1)
         return np.ascontiguousarray(big[: shape[0], : shape[1]])
     small = small.astype(np.float32, copy=False)
-    i0, i1, a = _interp_weights(small.shape[0], shape[0], factor)
-    rows = small[i0] * (1.0 - a)[:, None]
-    rows += small[i1] * a[:, None]
+    nky = small.shape[0]
+    # along X on the small image (few rows: gathers are cheap), C-contiguous
     j0, j1, b = _interp_weights(small.shape[1], shape[1], factor)
-    out = rows[:, j0] * (1.0 - b)
-    out += rows[:, j1] * b
-    return out
+    cols = np.take(small, j0, axis=1) * (1.0 - b)
+    cols += np.take(small, j1, axis=1) * b
+    if nky * factor < shape[0]:  # fewer blocks than the rows need: clip, by gathers
+        i0, i1, a = _interp_weights(nky, shape[0], factor)
+        out = cols[i0] * (1.0 - a)[:, None]
+        out += cols[i1] * a[:, None]
+        return out
+    # along Y on full rows, by broadcasting instead of gathers: output row p of block k
+    # (p < factor) lies at y = k + (p + 0.5) / factor - 0.5 in block-centre units, between
+    # blocks k - 1 and k (first half) or k and k + 1 (second half) with weights that depend
+    # on p only; an edge-padded copy of ``cols`` gives the same clipping at both ends as
+    # :func:`_interp_weights`. Each phase is a (blocks, X) plane of whole rows.
+    ext = np.pad(cols, ((1, 1), (0, 0)), mode="edge")  # ext[k + 1] = cols[k]
+    delta = (np.arange(factor) + 0.5) / factor - 0.5
+    n_lo = int(np.count_nonzero(delta < 0))  # rows 0..n_lo-1: between blocks k - 1 and k
+    t = np.where(delta < 0, 1.0 + delta, delta).astype(np.float32)  # weight of block below
+    out = np.empty((nky, factor, shape[1]), np.float32)
+    tmp = np.empty((nky, shape[1]), np.float32)
+    for p in range(factor):
+        above, below = (ext[:-2], ext[1:-1]) if p < n_lo else (ext[1:-1], ext[2:])
+        o = out[:, p, :]
+        np.multiply(above, np.float32(1.0 - t[p]), out=o)
+        np.multiply(below, t[p], out=tmp)
+        o += tmp
+    return out.reshape(nky * factor, shape[1])[: shape[0]]
 
 
 def estimate_background(frame: np.ndarray, *, pixel_size_um: float,
@@ -195,17 +216,19 @@ def noise_sigma(frame: np.ndarray) -> float:
     output ignores the few pixels on structures. Shot noise is signal dependent: this is the
     noise of the typical (background) pixel.
     """
-    f = np.asarray(_check_frame(frame), dtype=np.float32)
+    f = _check_frame(frame)
     if min(f.shape) < 3:
         raise InputError(f"frame of shape {f.shape} is too small to estimate noise.",
                          fix="pass a frame at least 3 x 3 pixels.")
-    # ~100k samples are plenty: the filter is evaluated only on a grid with this step
+    # ~100k samples are plenty: the filter is evaluated only on a grid with this step (the
+    # pixels it needs are converted to float32, not the whole frame)
     ny, nx = f.shape[0] - 2, f.shape[1] - 2
     step = max(1, int(np.sqrt(ny * nx / 100_000)))
 
     def rows(k: int) -> np.ndarray:  # second difference across rows, on the sample grid
         cols = f[:, k:k + nx:step]
-        return cols[0:ny:step] - 2.0 * cols[1:ny + 1:step] + cols[2:ny + 2:step]
+        return (cols[0:ny:step].astype(np.float32) - 2.0 * cols[1:ny + 1:step].astype(np.float32)
+                + cols[2:ny + 2:step].astype(np.float32))
 
     sample = (rows(0) - 2.0 * rows(1) + rows(2)).ravel()
     med = np.median(sample)
@@ -234,10 +257,18 @@ def frame_stats(frame: np.ndarray, *, mask: np.ndarray | None = None,
         ``foreground_fraction`` and ``signal``: the mean of ``frame - background`` over the
         foreground (camera counts), the quantity that bleaching lowers.
     """
-    f = np.asarray(_check_frame(frame), dtype=np.float32)
+    f = _check_frame(frame)
     step = max(1, int(np.sqrt(f.size / 250_000)))
-    sample = f[::step, ::step]
-    bg = float(np.percentile(sample, background_percentile))
+    sample = f[::step, ::step].astype(np.float32)  # only the sampled pixels are converted
+    # the percentile and the median from one partition (each np.percentile / np.median
+    # call partitions the sample again); linear interpolation as np.percentile's default
+    flat = sample.ravel()
+    pos = np.array([background_percentile / 100.0, 0.5]) * (flat.size - 1)
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, flat.size - 1)
+    part = np.partition(flat, np.unique(np.concatenate([lo, hi])))
+    q = part[lo].astype(np.float64) + (part[hi].astype(np.float64) - part[lo]) * (pos - lo)
+    bg, med = float(q[0]), float(q[1])
     sigma = noise_sigma(f)
     if mask is None:
         fg = sample > bg + 5.0 * sigma
@@ -247,12 +278,12 @@ def frame_stats(frame: np.ndarray, *, mask: np.ndarray | None = None,
         if mask.shape != f.shape:
             raise InputError(f"mask shape {mask.shape} differs from the frame's {f.shape}.",
                              fix="pass a mask of the frame's shape.")
-        values = f[mask]
+        values = f[mask].astype(np.float32)
         fg = mask
     signal = float(values.mean() - bg) if values.size else float("nan")
     return {
         "mean": float(sample.mean()),
-        "median": float(np.median(sample)),
+        "median": med,
         "background": bg,
         "noise_sigma": sigma,
         "foreground_fraction": float(np.mean(fg)),
