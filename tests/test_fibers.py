@@ -262,3 +262,113 @@ def test_fiber_scores_exclude_cells():
     s = fiber_scores(truth, pred, exclude=cell)
     assert s["n_true_px"] == 50 and s["n_pred_px"] == 50
     assert s["recall"] == 1.0 and s["precision"] == 1.0
+
+
+def _ridge_reference(small, noise_c, sigma, along, compact, threshold):
+    """The ridge measure as plain numpy (the numpy/BLAS chain the fused numba kernels of
+    ``_ridge_one`` replace): Hessian, compact-object and edge tests, along-line halves, end
+    test, kept-share correction near compact objects, maximum over directions."""
+    from migradetect import fibers as F
+
+    g = F.smooth(small, sigma)
+    kernels, pad = F._direction_kernels(along)
+    *hp, grad2 = F._hessian_padded(g, pad)
+    gains, h_gain, g_gain = F._chain_noise(round(sigma, 4), round(along, 4))
+    sl = (slice(pad, -pad or None),) * 2
+    hyy, hxx, hxy = (h[sl] for h in hp)
+    half_trace = 0.5 * (hxx + hyy)
+    root = np.sqrt((0.5 * (hxx - hyy)) ** 2 + hxy**2)
+    l2 = half_trace + root
+    blob = (-l2 > threshold * noise_c * h_gain) & (-l2 > 0.5 * (root - half_trace)) | compact
+    blob = ndi.binary_dilation(blob, structure=ndi.generate_binary_structure(2, 1),
+                               iterations=int(np.ceil(sigma)))
+    l1 = ((root - half_trace) * np.float32(2.0 * sigma)) ** 2
+    edge = (grad2 > np.maximum(l1, np.float32((threshold * noise_c * g_gain) ** 2))) | blob
+    keep = np.pad(~edge, pad, mode="edge").astype(np.float32)
+    for h in hp:
+        h *= keep
+    near = F._near(blob, along)
+    near_idx = np.nonzero(near)
+    keep_c = F.block_mean(keep[sl], 2)
+    kernels_c, pad_c = F._direction_kernels(along / 2.0)
+    keep_c = np.pad(keep_c, pad_c)
+    shape_c = ((g.shape[0] + 1) // 2, (g.shape[1] + 1) // 2)
+    ridge = np.zeros(g.shape, np.float32)
+    for (fwd, bwd), gain, w_c, ((dy, dx), _) in zip(
+            F._line_responses(hp, pad, g.shape, kernels, halves=True), gains, kernels_c,
+            F._DIRECTIONS, strict=True):
+        full = (fwd + bwd) / np.float32(noise_c * gain)
+        ok = np.minimum(fwd, bwd) >= F._END_SHARE * (fwd + bwd)
+        f = F._along(keep_c, pad_c, shape_c, w_c, dy, dx)[near_idx[0] // 2, near_idx[1] // 2]
+        full[near_idx] /= np.sqrt(np.maximum(f, F._MIN_KEPT))
+        ok[near_idx] = True
+        ridge = np.maximum(ridge, full * ok)
+    ridge[0], ridge[-1], ridge[:, 0], ridge[:, -1] = 0, 0, 0, 0
+    return ridge, blob, near
+
+
+def test_fused_ridge_kernels_match_the_numpy_chain():
+    from migradetect.fibers import _ridge_one
+
+    # lines, migrasome-like disks (compact objects: kept-share correction) and an edge
+    img = draw((240, 200), segments=[((20, 20), (200, 170)), ((30, 180), (120, 40)),
+                                     ((220, 10), (220, 190))],
+               blobs=[(60, 60, 5, 80.0), (150, 120, 4, 60.0)], amp=25.0, seed=3)
+    img[:, 150:] += 40.0
+    small = img[::2, ::2] + img[1::2, ::2] + img[::2, 1::2] + img[1::2, 1::2]
+    small = (small / 4).astype(np.float32)
+    compact = np.zeros(small.shape, bool)
+    compact[60:64, 30:33] = True
+    for sigma, along in ((1.0, 3.3), (1.6, 2.0)):
+        ridge, blob, near, _ = _ridge_one(small, 2.5, sigma, along, compact, 4.5)
+        ref_ridge, ref_blob, ref_near = _ridge_reference(small, 2.5, sigma, along, compact, 4.5)
+        assert ref_near.any() and (ref_ridge > 4.5).sum() > 50
+        np.testing.assert_array_equal(blob, ref_blob)
+        np.testing.assert_array_equal(near, ref_near)
+        # equal up to float32 rounding, except where the end test (one half's share of the
+        # sum against _END_SHARE) is decided by that rounding: a few pixels at most
+        close = np.isclose(ridge, ref_ridge, rtol=1e-4, atol=1e-4)
+        assert (~close).sum() <= 3, np.argwhere(~close)
+
+
+def test_shifted_slice_dilations_match_ndimage():
+    from migradetect.fibers import _close_square, _dilate_cross, _dilate_square, _max3
+
+    m = np.random.default_rng(1).random((41, 57)) > 0.97
+    m[0, 5] = m[40, 56] = m[20, 0] = True  # at the borders
+    for it in (1, 2, 3):
+        expect = ndi.binary_dilation(m, structure=ndi.generate_binary_structure(2, 1),
+                                     iterations=it)
+        np.testing.assert_array_equal(_dilate_cross(m, it), expect)
+        expect = ndi.binary_dilation(m, structure=np.ones((3, 3), bool), iterations=it)
+        np.testing.assert_array_equal(_dilate_square(m, it), expect)
+    m = ndi.binary_dilation(m, iterations=2) & ~(np.random.default_rng(2).random(m.shape) > 0.9)
+    m[:, 30] = False  # a one-pixel gap
+    expect = ndi.binary_closing(m, structure=np.ones((3, 3), bool), border_value=0)
+    np.testing.assert_array_equal(_close_square(m), expect)
+    v = np.random.default_rng(3).normal(size=(23, 31)).astype(np.float32)
+    np.testing.assert_array_equal(_max3(v), ndi.maximum_filter(v, size=3))
+
+
+def test_mask_zones_hold_whole_pieces():
+    # the skeleton is thinned per zone: every 8-connected piece of the mask must lie in one
+    # zone, and zones must not touch
+    from migradetect.fibers import _fiber_mask
+
+    img = draw((300, 300), segments=[((20, 20), (20, 280)), ((40, 30), (280, 60)),
+                                     ((150, 100), (150, 200)), ((155, 205), (290, 290))],
+               blobs=[(150, 150, 6, 200.0)], amp=40.0, seed=2)
+    mask, zones = _fiber_mask(img, pixel_size_um=PX, psf_sigma_um=PSF, config=CFG)
+    assert mask.sum() > 300 and len(zones) >= 2
+    zone_id = np.zeros(mask.shape, np.int32)
+    for i, (sl, zone) in enumerate(zones, start=1):
+        assert zone.shape == mask[sl].shape
+        assert not (zone & (zone_id[sl] > 0)).any()  # disjoint
+        zone_id[sl][zone] = i
+    lab, n = ndi.label(mask, structure=np.ones((3, 3)))
+    for i in range(1, n + 1):
+        assert len(np.unique(zone_id[lab == i])) == 1 and zone_id[lab == i].min() > 0
+    # zones do not touch: growing each by one pixel meets no other zone
+    for i in range(1, len(zones) + 1):
+        grown = ndi.binary_dilation(zone_id == i, structure=np.ones((3, 3)))
+        assert set(np.unique(zone_id[grown])) <= {0, i}

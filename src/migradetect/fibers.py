@@ -30,10 +30,14 @@ frame), side branches shorter than ``min_length_um`` pruned on the graph, fibers
 ``min_length_um`` dropped, lengths from 5-pixel-smoothed paths, branch points counted as
 clusters of junction pixels.
 
-Cost (about 75 ms of one CPU core per 1024 x 1024 frame): the along-line averages are sums
-of shifted copies of the frame, one BLAS ``saxpy`` per tap on the flat padded array; the
-neighbourhood steps after the hysteresis (local-share test, closing, thinning, attachment)
-run in boxes around the sparse fiber pieces, not over the whole frame.
+Cost (about 45-50 ms of one CPU core per 1024 x 1024 frame): the Hessian with the compact-
+object and edge tests, and the 8 directions' along-line halves with the end test and the
+maximum, are two fused numba kernels (:func:`_hessian_tests_py`, :func:`_direction_max_py`;
+compiled once, cached on disk) instead of ~150 full-grid numpy passes; the numpy chain
+(:func:`_line_responses`, BLAS ``saxpy`` per tap) stays as their reference in the tests and
+calibrates the noise gains. The neighbourhood steps after the hysteresis (local-share test,
+interpolation, thinning, attachment to cells) run in boxes or zones around the sparse fiber
+pieces, not over the whole frame.
 """
 
 from __future__ import annotations
@@ -422,97 +426,291 @@ def _near(blob: np.ndarray, along: float) -> np.ndarray:
     return ndi.maximum_filter(blob, size=2 * int(np.ceil(along)) + 1) if blob.any() else blob
 
 
+def _half_kernels(kernels: list[np.ndarray], full: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """The one-sided halves of symmetric kernels as rows of one array (entry 0 the centre
+    tap, halved unless ``full``: the two halves then sum to the kernel) and their radii."""
+    radii = np.array([len(w) // 2 for w in kernels], dtype=np.int64)
+    out = np.zeros((len(kernels), int(radii.max()) + 1), dtype=np.float32)
+    for i, w in enumerate(kernels):
+        r = len(w) // 2
+        out[i, :r + 1] = w[r:]
+        if not full:
+            out[i, 0] *= np.float32(0.5)
+    return out, radii
+
+
+def _direction_max_py(hyy, hxx, hxy, edge, pad, steps, coef, halves, radii, scale,
+                      near_id, inv_f, share):  # pragma: no cover - compiled by numba
+    """Ridge measure: for each direction, the curvature across it ``d = -(a hyy + b hxx +
+    c hxy)`` (zeroed where ``edge``; zeros outside the frame, ``pad`` pixels of them: the
+    kernels' reach) summed along it over each one-sided half of the kernel (``halves``),
+    kept where both halves carry ``share`` of the sum (or at near pixels, ``near_id >= 0``,
+    divided by ``sqrt`` of the kept share instead, ``inv_f``), times ``scale``; the maximum
+    over the directions and 0.
+
+    Hand-written (numba) because it fuses what numpy does in ~20 full-grid passes per
+    direction (one per tap and per step of the end test): the along-line sums accumulate in
+    row buffers that stay in the CPU cache, two taps per pass; about 4x faster than the BLAS
+    saxpy chain plus the numpy end test."""
+    ny, nx = edge.shape
+    ridge = np.zeros((ny, nx), dtype=np.float32)
+    d = np.zeros((ny + 2 * pad, nx + 2 * pad), dtype=np.float32)  # zeros outside the frame
+    fwd = np.empty(nx, dtype=np.float32)
+    bwd = np.empty(nx, dtype=np.float32)
+    has_near = near_id.shape[0] > 0
+    zero = np.float32(0.0)
+    for j in range(steps.shape[0]):
+        a, b, c = -coef[j, 0], -coef[j, 1], -coef[j, 2]
+        for y in range(ny):
+            hy, hx, hc, e, dr = hyy[y], hxx[y], hxy[y], edge[y], d[y + pad]
+            for x in range(nx):
+                v = a * hy[x] + b * hx[x] + c * hc[x]
+                dr[x + pad] = zero if e[x] else v
+        dy, dx = steps[j, 0], steps[j, 1]
+        r = radii[j]
+        s = scale[j]
+        for y in range(ny):
+            row = d[y + pad, pad:pad + nx]
+            w0 = halves[j, 0]
+            for x in range(nx):
+                v = w0 * row[x]
+                fwd[x] = v
+                bwd[x] = v
+            # two taps per pass over the row buffers (half the loads and stores of them)
+            k = 1
+            while k + 1 <= r:
+                wk = halves[j, k]
+                wl = halves[j, k + 1]
+                rf = d[y + pad + k * dy, pad + k * dx:pad + k * dx + nx]
+                rb = d[y + pad - k * dy, pad - k * dx:pad - k * dx + nx]
+                rf2 = d[y + pad + (k + 1) * dy, pad + (k + 1) * dx:pad + (k + 1) * dx + nx]
+                rb2 = d[y + pad - (k + 1) * dy, pad - (k + 1) * dx:pad - (k + 1) * dx + nx]
+                for x in range(nx):
+                    fwd[x] += wk * rf[x] + wl * rf2[x]
+                    bwd[x] += wk * rb[x] + wl * rb2[x]
+                k += 2
+            if k <= r:
+                wk = halves[j, k]
+                rf = d[y + pad + k * dy, pad + k * dx:pad + k * dx + nx]
+                rb = d[y + pad - k * dy, pad - k * dx:pad - k * dx + nx]
+                for x in range(nx):
+                    fwd[x] += wk * rf[x]
+                    bwd[x] += wk * rb[x]
+            # branch-free (vectorized) for all pixels, then the few near pixels: their
+            # value, divided by sqrt(kept share) <= 1, is the larger where it is positive
+            out = ridge[y]
+            for x in range(nx):
+                f = fwd[x]
+                bk = bwd[x]
+                full = f + bk
+                v = full * s if min(f, bk) >= share * full else zero
+                out[x] = max(out[x], v)
+            if has_near:
+                nid = near_id[y]
+                for x in range(nx):
+                    if nid[x] >= 0:
+                        v = (fwd[x] + bwd[x]) * s * inv_f[j, nid[x]]
+                        out[x] = max(out[x], v)
+    return ridge
+
+
+def _hessian_tests_py(gp, hyy, hxx, hxy, blob, edge, t_blob, two_sigma, t_edge2
+                      ):  # pragma: no cover - compiled by numba
+    """Central-difference Hessian of ``gp`` (the smoothed grid padded by one replicated
+    pixel) written into ``hyy, hxx, hxy``, and per pixel: ``blob``,
+    the larger eigenvalue ``l2`` below ``-t_blob`` and ``-l2 > |l1| / 2`` (both curvatures
+    negative, within a factor 2); ``edge``, the squared gradient above both ``t_edge2`` and
+    ``(l1 two_sigma)^2``. Hand-written (numba): one pass instead of ~20 full-grid numpy
+    passes and temporaries."""
+    ny, nx = blob.shape
+    for y in range(ny):
+        up, mid, down = gp[y], gp[y + 1], gp[y + 2]
+        oyy, oxx, oxy = hyy[y], hxx[y], hxy[y]
+        for x in range(nx):
+            c2 = mid[x + 1] * np.float32(2.0)
+            h_yy = (down[x + 1] + up[x + 1]) - c2
+            h_xx = (mid[x + 2] + mid[x]) - c2
+            h_xy = (((down[x + 2] - down[x]) - up[x + 2]) + up[x]) * np.float32(0.25)
+            gy = down[x + 1] - up[x + 1]
+            gx = mid[x + 2] - mid[x]
+            grad2 = (gy * gy + gx * gx) * np.float32(0.25)
+            oyy[x] = h_yy
+            oxx[x] = h_xx
+            oxy[x] = h_xy
+            half_trace = np.float32(0.5) * (h_xx + h_yy)
+            dd = np.float32(0.5) * (h_xx - h_yy)
+            root = np.sqrt(dd * dd + h_xy * h_xy)
+            neg_l1 = root - half_trace
+            neg_l2 = -(half_trace + root)
+            blob[y, x] = (neg_l2 > t_blob) and (neg_l2 > np.float32(0.5) * neg_l1)
+            l1s = neg_l1 * two_sigma
+            edge[y, x] = grad2 > max(l1s * l1s, t_edge2)
+
+
+def _kept_share_py(keep, pad, ys, xs, steps, kernels, radii, least
+                   ):  # pragma: no cover - compiled by numba
+    """``1 / sqrt(max(f, least))`` with ``f`` the sum of ``keep`` (padded by ``pad``) along
+    each direction with its full kernel, at the pixels ``(ys, xs)`` only (few: the zone near
+    compact objects)."""
+    out = np.empty((steps.shape[0], ys.shape[0]), dtype=np.float32)
+    for j in range(steps.shape[0]):
+        dy, dx = steps[j, 0], steps[j, 1]
+        for i in range(ys.shape[0]):
+            y, x = ys[i] + pad, xs[i] + pad
+            f = kernels[j, 0] * keep[y, x]
+            for k in range(1, radii[j] + 1):
+                f += kernels[j, k] * (keep[y + k * dy, x + k * dx] + keep[y - k * dy, x - k * dx])
+            out[j, i] = 1.0 / np.sqrt(max(f, least))
+    return out
+
+
+@functools.cache
+def _kernels():
+    """The numba-compiled :func:`_direction_max_py`, :func:`_kept_share_py` and
+    :func:`_hessian_tests_py` (compiled on first use, cached on disk; imported here: numba
+    start-up is slow)."""
+    import numba
+
+    jit = numba.njit(cache=True, nogil=True, fastmath=True)
+    return jit(_direction_max_py), jit(_kept_share_py), jit(_hessian_tests_py)
+
+
+def _dilate_cross(mask: np.ndarray, iterations: int) -> np.ndarray:
+    """Binary dilation by the 4-neighbour cross, ``iterations`` times (nothing outside the
+    frame): ``ndimage.binary_dilation`` with that structure, as ORs of shifted slices
+    (several times faster for a few iterations)."""
+    for _ in range(iterations):
+        out = mask.copy()
+        out[1:] |= mask[:-1]
+        out[:-1] |= mask[1:]
+        out[:, 1:] |= mask[:, :-1]
+        out[:, :-1] |= mask[:, 1:]
+        mask = out
+    return mask
+
+
+def _dilate_square(mask: np.ndarray, iterations: int) -> np.ndarray:
+    """Binary dilation by the 3 x 3 square, ``iterations`` times (nothing outside the frame):
+    ``ndimage.binary_dilation`` with that structure, as ORs of shifted slices (separable:
+    rows, then columns; several times faster)."""
+    for _ in range(iterations):
+        out = mask.copy()
+        out[1:] |= mask[:-1]
+        out[:-1] |= mask[1:]
+        mask = out.copy()
+        mask[:, 1:] |= out[:, :-1]
+        mask[:, :-1] |= out[:, 1:]
+    return mask
+
+
+def _close_square(mask: np.ndarray) -> np.ndarray:
+    """Binary closing by the 3 x 3 square (nothing outside the frame):
+    ``ndimage.binary_closing(mask, np.ones((3, 3)), border_value=0)``, from shifted-slice
+    dilations (a few fast passes over a boolean image instead of ndimage's generic
+    structuring-element loop)."""
+    closed = ~_dilate_square(~_dilate_square(mask, 1), 1)  # erosion: outside counts as kept
+    closed[0], closed[-1], closed[:, 0], closed[:, -1] = False, False, False, False
+    return closed
+
+
+def _max3(image: np.ndarray) -> np.ndarray:
+    """Maximum over 3 x 3 neighbourhoods (the frame's own pixels only: the same as
+    ``ndimage.maximum_filter(image, size=3)``, whose reflected border repeats an edge pixel
+    already in the window), as maxima of shifted slices (rows, then columns; 2-3x faster)."""
+    rows = image.copy()
+    np.maximum(rows[1:], image[:-1], out=rows[1:])
+    np.maximum(rows[:-1], image[1:], out=rows[:-1])
+    out = rows.copy()
+    np.maximum(out[:, 1:], rows[:, :-1], out=out[:, 1:])
+    np.maximum(out[:, :-1], rows[:, 1:], out=out[:, :-1])
+    return out
+
+
 def _ridge_one(small: np.ndarray, noise_c: float, sigma: float, along: float,
                compact: np.ndarray, threshold: float
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """:func:`_ridge_fields` at one Gaussian scale ``sigma`` (ridge-grid pixels)."""
     g = smooth(small, sigma)
     kernels, pad = _direction_kernels(along)
-    *hp, grad2 = _hessian_padded(g, pad)
     gains, h_gain, g_gain = _chain_noise(round(sigma, 4), round(along, 4))
-    # small compact objects: both curvatures strongly negative and within a factor 2
-    sl = (slice(pad, -pad or None),) * 2
-    hyy, hxx, hxy = (h[sl] for h in hp)
-    half_trace = 0.5 * (hxx + hyy)
-    root = np.sqrt((0.5 * (hxx - hyy)) ** 2 + hxy**2)
-    l2 = half_trace + root  # the larger eigenvalue (l1 = half_trace - root)
-    blob = (-l2 > threshold * noise_c * h_gain) & (-l2 > 0.5 * (root - half_trace))
-    blob |= compact
-    if blob.any():
-        # widened by the Gaussian's reach across a line; their curvature is zeroed so the
-        # along-line averaging does not streak them into lines
-        blob = ndi.binary_dilation(blob, structure=ndi.generate_binary_structure(2, 1),
-                                   iterations=int(np.ceil(sigma)))
+    # Hessian (central differences, edges replicated) and per pixel (fused, numba:
+    # :func:`_hessian_tests_py`):
+    # small compact objects: both curvatures strongly negative and within a factor 2;
     # edges: a significant gradient larger than the curvature across times twice the blur. The
     # flank of a blurred blob or step curves down tangentially and would streak into radial
     # lines; a line's centre has no gradient (only its flanks beyond ~0.6 sigma are dropped,
     # which the along-line average does not use)
-    l1 = (root - half_trace) * np.float32(2.0 * sigma)
-    np.square(l1, out=l1)
-    edge = grad2 > np.maximum(l1, np.float32((threshold * noise_c * g_gain) ** 2))
-    edge |= blob
-    keep = np.pad(~edge, pad, mode="edge").astype(np.float32)
-    for h in hp:
-        h *= keep
+    hp = tuple(np.empty(g.shape, dtype=np.float32) for _ in range(3))
+    blob = np.empty(g.shape, dtype=np.bool_)
+    edge = np.empty(g.shape, dtype=np.bool_)
+    _kernels()[2](np.pad(g, 1, mode="edge"), *hp, blob, edge,
+                  np.float32(threshold * noise_c * h_gain), np.float32(2.0 * sigma),
+                  np.float32((threshold * noise_c * g_gain) ** 2))
+    blob |= compact
+    if blob.any():
+        # widened by the Gaussian's reach across a line; their curvature is zeroed so the
+        # along-line averaging does not streak them into lines
+        blob = _dilate_cross(blob, int(np.ceil(sigma)))
+    edge |= blob  # curvature zeroed there (inside :func:`_direction_max_py`)
     # a line pixel has the line on both sides along its direction: each one-sided half of
     # the average must carry at least _END_SHARE of the response (else the averaging would
     # carry the mask past a fiber's end by about line_smoothing_um)
     # (not within line_smoothing_um of a compact object, whose zeroed curvature would look
     # like an end)
     near = _near(blob, along)
-    ridge = np.zeros(g.shape, dtype=np.float32)
-    any_near = bool(near.any())
-    if any_near:
-        # the kept share is smooth: computed on blocks of 2 x 2 (4x fewer pixels)
-        keep_c = block_mean(keep[pad:pad + g.shape[0], pad:pad + g.shape[1]], 2)
+    # the 8 directions' along-line halves, end test, noise scaling and maximum in one fused
+    # pass per direction (numba, see :func:`_direction_max_py`); the numpy/BLAS chain of
+    # :func:`_line_responses` is the reference (tests) and calibrates the gains
+    steps = np.array([d for d, _ in _DIRECTIONS], dtype=np.int64)
+    coef = np.array([c for _, c in _DIRECTIONS], dtype=np.float32)
+    scale = np.array([1.0 / (noise_c * gain) for gain in gains], dtype=np.float32)
+    halves, radii = _half_kernels(kernels)
+    near_id = np.full(g.shape if near.any() else (0, 0), -1, dtype=np.int32)
+    inv_f = np.zeros((len(_DIRECTIONS), 0), dtype=np.float32)
+    if near.any():
+        # near compact objects part of the average fell on zeroed pixels: divide by the
+        # square root of the kept share f of the kernel (normalized convolution; signal / f,
+        # noise / sqrt(f), so the SNR by sqrt(f)); a fiber then runs up to its migrasome
+        # (the kept share is smooth: computed on blocks of 2 x 2, 4x fewer pixels, only at
+        # the near pixels)
+        keep_c = block_mean(~edge, 2)
         kernels_c, pad_c = _direction_kernels(along / 2.0)
         keep_c = np.pad(keep_c, pad_c)  # nothing is kept outside the frame
-        near_idx = np.nonzero(near)
-        near_c = (near_idx[0] // 2, near_idx[1] // 2)
-    for (fwd, bwd), gain, w_c, ((dy, dx), _) in zip(
-            _line_responses(hp, pad, g.shape, kernels, halves=True), gains,
-            kernels_c if any_near else kernels, _DIRECTIONS, strict=True):
-        full = fwd + bwd
-        np.minimum(fwd, bwd, out=fwd)
-        np.greater_equal(fwd, np.float32(_END_SHARE) * full, out=bwd, casting="unsafe")
-        full *= np.float32(1.0 / (noise_c * gain))
-        if any_near:
-            # near compact objects part of the average fell on zeroed pixels: divide by the
-            # kept share f of the kernel (normalized convolution; signal / f, noise /
-            # sqrt(f), so the SNR by sqrt(f)); a fiber then runs up to its migrasome
-            # (read at the near pixels only, from the 2 x 2 blocks they lie in)
-            f = _along(keep_c, pad_c, ((g.shape[0] + 1) // 2, (g.shape[1] + 1) // 2), w_c,
-                       dy, dx)[near_c]
-            np.maximum(f, np.float32(_MIN_KEPT), out=f)
-            full[near_idx] /= np.sqrt(f)
-            bwd[near_idx] = 1.0
-        full *= bwd
-        np.maximum(ridge, full, out=ridge)
+        ny_i, nx_i = np.nonzero(near)
+        near_id[ny_i, nx_i] = np.arange(ny_i.size, dtype=np.int32)
+        full_c, radii_c = _half_kernels(kernels_c, full=True)
+        inv_f = _kernels()[1](keep_c, pad_c, (ny_i // 2).astype(np.int64),
+                              (nx_i // 2).astype(np.int64), steps, full_c, radii_c,
+                              np.float32(_MIN_KEPT))
+    ridge = _kernels()[0](*hp, edge, pad, steps, coef, halves, radii, scale, near_id, inv_f,
+                          np.float32(_END_SHARE))
     # the frame's outermost grid pixels: one-sided differences, noise not as calibrated
     ridge[:_BORDER], ridge[-_BORDER:], ridge[:, :_BORDER], ridge[:, -_BORDER:] = 0, 0, 0, 0
     return ridge, blob, near, g
 
 
-def _hysteresis(values: np.ndarray, low: float, seeds: np.ndarray) -> np.ndarray:
-    """Pixels above ``low`` connected (8-neighbours) to a seed pixel (boolean ``seeds``)."""
+def _hysteresis(values: np.ndarray, low: float, seeds: np.ndarray, margin: int | None = None
+                ) -> np.ndarray | tuple[np.ndarray, list[tuple[slice, slice]]]:
+    """Pixels above ``low`` connected (8-neighbours) to a seed pixel (boolean ``seeds``).
+
+    With ``margin``, also the bounding boxes of its 8-connected pieces grown by ``margin``
+    pixels (clipped to the frame), from the same labelling: neighbourhood operations near
+    sparse pieces run on these boxes instead of the whole frame."""
     lab, n = ndi.label(values > low, structure=np.ones((3, 3)))
-    if n == 0:
-        return np.zeros(values.shape, dtype=bool)
     keep = np.zeros(n + 1, dtype=bool)
-    keep[lab[seeds]] = True
-    keep[0] = False
-    return keep[lab]
-
-
-def _grown_boxes(mask: np.ndarray, margin: int) -> list[tuple[slice, slice]]:
-    """Bounding boxes of the 8-connected pieces of ``mask``, grown by ``margin`` pixels
-    (clipped to the frame): neighbourhood operations near sparse pieces run on these boxes
-    instead of the whole frame."""
-    lab = ndi.label(mask, structure=np.ones((3, 3)))[0]
-    ny, nx = mask.shape
-    return [(slice(max(a.start - margin, 0), min(a.stop + margin, ny)),
-             slice(max(b.start - margin, 0), min(b.stop + margin, nx)))
-            for a, b in ndi.find_objects(lab)]
+    if n:
+        keep[lab[seeds]] = True
+        keep[0] = False
+    out = keep[lab] if n else np.zeros(values.shape, dtype=bool)
+    if margin is None:
+        return out
+    ny, nx = values.shape
+    # the pieces of the result are the kept pieces of the labelling
+    boxes = [(slice(max(a.start - margin, 0), min(a.stop + margin, ny)),
+              slice(max(b.start - margin, 0), min(b.stop + margin, nx)))
+             for i, (a, b) in enumerate(ndi.find_objects(lab), start=1) if keep[i]] if n else []
+    return out, boxes
 
 
 def _junction_clusters(coords: np.ndarray, merge_px: float) -> np.ndarray:
@@ -676,6 +874,17 @@ def fiber_mask(frame: np.ndarray, *, pixel_size_um: float, psf_sigma_um: float,
     higher): the mask, and its skeleton, is centred on the line to within a fraction of a
     grid pixel.
     """
+    return _fiber_mask(frame, pixel_size_um=pixel_size_um, psf_sigma_um=psf_sigma_um,
+                       config=config, cell_labels=cell_labels)[0]
+
+
+def _fiber_mask(frame: np.ndarray, *, pixel_size_um: float, psf_sigma_um: float,
+                config: FiberConfig, cell_labels: np.ndarray | None = None
+                ) -> tuple[np.ndarray, list | None]:
+    """:func:`fiber_mask` and the zones holding its pieces: a list of ``(box, zone)``
+    (``zone`` a boolean array of the box's shape) such that every 8-connected piece of the
+    mask lies inside one zone and zones are at least one grid pixel apart, or None (no
+    grid: ``k == 1``)."""
     frame = np.asarray(_check_frame(frame), dtype=np.float32)
     if cell_labels is not None and np.shape(cell_labels) != frame.shape:
         raise InputError(f"cell labels shape {np.shape(cell_labels)} differs from the frame's "
@@ -690,8 +899,7 @@ def fiber_mask(frame: np.ndarray, *, pixel_size_um: float, psf_sigma_um: float,
         cells_c = _block_any(np.asarray(cell_labels) > 0, k)
         m = int(round(config.cell_margin_um / (k * pixel_size_um)))
         if m > 0 and cells_c.any():
-            cells_c = ndi.binary_dilation(cells_c, structure=np.ones((3, 3), bool),
-                                          iterations=m)
+            cells_c = _dilate_square(cells_c, m)
         r[cells_c] = 0.0
         blob &= ~cells_c
     low = config.low_threshold
@@ -704,25 +912,19 @@ def fiber_mask(frame: np.ndarray, *, pixel_size_um: float, psf_sigma_um: float,
     # in boxes around its pieces, not over the whole frame)
     seeds = (r > config.high_threshold) & ~near
     out = np.zeros(frame.shape, dtype=bool)
-    cand = _hysteresis(r, low, seeds)
-    if not cand.any():
-        return out
+    cand, boxes = _hysteresis(r, low, seeds, margin=2)
+    if not boxes:
+        return out, []
     member = np.zeros(r.shape, dtype=bool)
-    for sl in _grown_boxes(cand, 2):
+    for sl in boxes:
         rs = r[sl]
         member[sl] |= cand[sl] & (rs > np.maximum(ndi.maximum_filter(rs, size=5, mode="nearest")
                                                   * np.float32(_LOCAL_SHARE), low))
     mask = _hysteresis(np.where(member, r, np.float32(0)), low, seeds)
     if not mask.any():
-        return out
+        return out, []
     # close one-pixel gaps and holes (they would become loops in the skeleton)
-    # (in boxes around the pieces: each box holds every mask pixel within 3 pixels of its
-    # piece, so the closing around the piece is that of the whole frame)
-    closed = mask.copy()
-    for sl in _grown_boxes(mask, 3):
-        closed[sl] |= ndi.binary_closing(mask[sl], structure=np.ones((3, 3), bool),
-                                         border_value=0)
-    mask = closed
+    mask |= _close_square(mask)
     blab, nb = ndi.label(blob, structure=np.ones((3, 3)))
     filled = np.zeros(mask.shape, dtype=bool)
     if nb:
@@ -742,39 +944,52 @@ def fiber_mask(frame: np.ndarray, *, pixel_size_um: float, psf_sigma_um: float,
     if n:
         along = _grid(pixel_size_um, psf_sigma_um, config)[2]
         extent = np.zeros(n + 1)
-        for i, sl in enumerate(ndi.find_objects(lab), start=1):
+        objects = ndi.find_objects(lab)
+        for i, sl in enumerate(objects, start=1):
             extent[i] = np.hypot(sl[0].stop - sl[0].start, sl[1].stop - sl[1].start)
         peak = np.zeros(n + 1, dtype=np.float32)
         on = lab > 0
         np.maximum.at(peak, lab[on], r[on])
         big &= (extent >= _NOISE_LENGTHS * along) | (peak >= _SHORT_PEAK * config.high_threshold)
     if not big[1:].any():
-        return out
+        return out, []
+    zones = None
     if k == 1:
         out = big[lab]
     else:
         # the ridge's half height across the line (its local maximum over 3 x 3 grid
         # pixels) or low_threshold, whichever is higher, divides the interpolated ridge
         inside = np.where(big[lab] & ~filled, r, np.float32(0))
-        half = np.maximum(ndi.maximum_filter(inside, size=3) * np.float32(0.5), low)
+        half = np.maximum(_max3(inside) * np.float32(0.5), low)
         inside -= half
         inside[filled & big[lab]] = 1.0
         if cells_c is not None:  # interpolation then stops half a grid pixel from them
             inside[cells_c] = -1e6
         # interpolate only around the kept pieces (one grid pixel of margin)
         ny, nx = inside.shape
-        for i, sl in enumerate(ndi.find_objects(lab), start=1):
+        boxes = np.zeros(inside.shape, dtype=bool)
+        for i, sl in enumerate(objects, start=1):
             if sl is None or not big[i]:
                 continue
             y0, y1 = max(sl[0].start - 1, 0), min(sl[0].stop + 1, ny)
             x0, x1 = max(sl[1].start - 1, 0), min(sl[1].stop + 1, nx)
+            boxes[y0:y1, x0:x1] = True
             sub = upsample(inside[y0:y1, x0:x1], k, ((y1 - y0) * k, (x1 - x0) * k)) >= 0
             fy0, fx0 = y0 * k, x0 * k
             fy1, fx1 = min(y1 * k, frame.shape[0]), min(x1 * k, frame.shape[1])
             out[fy0:fy1, fx0:fx1] |= sub[: fy1 - fy0, : fx1 - fx0]
+        # every mask pixel lies in one of these boxes: their 8-connected unions (on the
+        # grid, so at least k pixels apart) are zones no piece of the mask crosses, found
+        # without labelling the full-resolution mask
+        zlab = ndi.label(boxes, structure=np.ones((3, 3)))[0]
+        zones = []
+        for i, sl in enumerate(ndi.find_objects(zlab), start=1):
+            zone = np.repeat(np.repeat(zlab[sl] == i, k, axis=0), k, axis=1)
+            fsl = tuple(slice(a.start * k, min(a.stop * k, m)) for a, m in zip(sl, frame.shape))
+            zones.append((fsl, zone[: fsl[0].stop - fsl[0].start, : fsl[1].stop - fsl[1].start]))
     if cells_c is not None and k == 1:
         out &= ~cells_c
-    return out
+    return out, zones
 
 
 def segment_fibers(frame: np.ndarray, *, pixel_size_um: float, psf_sigma_um: float,
@@ -814,17 +1029,19 @@ def segment_fibers(frame: np.ndarray, *, pixel_size_um: float, psf_sigma_um: flo
     if not (np.isfinite(psf_sigma_um) and psf_sigma_um > 0):
         raise ConfigError(f"PSF sigma {psf_sigma_um!r} µm is not a positive number.",
                           fix="set optics.psf_sigma_um or the wavelength and NA.")
-    mask = fiber_mask(frame, pixel_size_um=pixel_size_um, psf_sigma_um=psf_sigma_um,
-                      config=config, cell_labels=cell_labels)
+    mask, zones = _fiber_mask(frame, pixel_size_um=pixel_size_um, psf_sigma_um=psf_sigma_um,
+                              config=config, cell_labels=cell_labels)
     labels = np.zeros(frame.shape, dtype=np.int32)
     min_len_px = config.min_length_um / pixel_size_um
     if mask.sum() < 2:
         return labels, empty_fiber_table()
-    # thinning is local: each 8-connected piece is thinned in its own box
+    # thinning is local: each 8-connected piece (or zone of pieces) is thinned in its own box
     skel = np.zeros(mask.shape, dtype=bool)
-    plab = ndi.label(mask, structure=np.ones((3, 3)))[0]
-    for i, sl in enumerate(ndi.find_objects(plab), start=1):
-        skel[sl] |= skeletonize(plab[sl] == i)
+    if zones is None:
+        plab = ndi.label(mask, structure=np.ones((3, 3)))[0]
+        zones = [(sl, plab[sl] == i) for i, sl in enumerate(ndi.find_objects(plab), start=1)]
+    for sl, zone in zones:
+        skel[sl] |= skeletonize(mask[sl] & zone)
     if skel.sum() < 2:
         return labels, empty_fiber_table()
     graph = _skeleton_graph(skel)  # skan: once per frame (its cost grows with the pixels)
@@ -873,7 +1090,7 @@ def segment_fibers(frame: np.ndarray, *, pixel_size_um: float, psf_sigma_um: flo
         "n_tips": n_tips,
         "n_branch_points": n_branch,
     })
-    return labels, table.astype(FIBER_TABLE)
+    return labels, table  # every column built with its FIBER_TABLE dtype
 
 
 def _attach(coords: np.ndarray, fiber_ids: np.ndarray, cell_labels: np.ndarray,
