@@ -135,3 +135,14 @@ def test_upsample_is_separable_bilinear_with_clipping(small_shape, factor, shape
     out = upsample(small, factor, shape)
     assert out.shape == shape and out.dtype == np.float32 and out.flags.c_contiguous
     assert np.abs(out - ref).max() < 1e-5
+
+
+def test_median_helper_equals_numpy_median():
+    from migradetect.preprocess import _median
+
+    rng = np.random.default_rng(3)
+    for n in (1, 2, 3, 10, 11, 1000, 1001):
+        a = rng.normal(size=n).astype(np.float32)
+        assert _median(a) == pytest.approx(float(np.median(a)), rel=1e-6, abs=1e-7)
+    ints = rng.integers(0, 5, size=400).astype(np.float32)  # many ties
+    assert _median(ints) == float(np.median(ints))
