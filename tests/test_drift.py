@@ -8,8 +8,9 @@ import pytest
 from scipy import ndimage as ndi
 
 from migradetect.drift import (
-    DriftConfig, drift_from_edges, drift_from_pairs, estimate_drift, pair_list, prepare_frame,
-    product_bin, refine_drift, register_pair, register_prepared, register_products,
+    DriftConfig, PairRegistrar, drift_from_edges, drift_from_pairs, estimate_drift, pair_list,
+    prepare_frame, product_bin, refine_drift, register_pair, register_prepared,
+    register_products,
 )
 from migradetect.errors import InputError
 
@@ -153,9 +154,9 @@ def test_redundant_pairs_outvote_a_wrong_one():
     assert np.isnan(d.quality[1]) and d.quality[0] == 1.0
 
 
-def test_long_pairs_follow_the_short_ones():
-    """Pairs 4 and 8 frames apart are found near the drift of the short pairs (a moving cell
-    masked out), and the solution keeps the slow drift plus a sudden jump."""
+def test_long_pairs_and_a_jump():
+    """Pairs 1, 2, 4 and 8 frames apart all find the true shift (a moving cell masked out),
+    and the solution keeps the slow drift plus a sudden jump."""
     pts, amps = _scene(seed=5, n=40)
     truth = np.column_stack([0.4 * np.arange(10), -0.25 * np.arange(10)])
     truth[6:] += (9.0, 5.0)
@@ -217,3 +218,67 @@ def test_two_fiducials_fix_unregistered_frames():
     # without the flag, frames with fewer than refine_min_objects (3) fiducials keep the guess
     kept = refine_drift(det, coarse.drop(columns="registered"), pixel_size_um=PX)
     np.testing.assert_allclose(kept.dy_px[:3], 0.0, atol=1e-6)
+
+
+def test_registrar_holds_a_bounded_number_of_products():
+    """Products handed over window by window: the edges equal register_products' and only
+    pair_gap + one window of products are ever held; a missing frame is reported."""
+    pts, amps = _scene(seed=7, n=40)
+    truth = np.column_stack([0.3 * np.arange(14), 0.2 * np.arange(14)])
+    cfg = DriftConfig(pair_gap=4)
+    products = [prepare_frame(_render(pts, amps, s, seed=40 + t)[0], pixel_size_um=PX,
+                              config=cfg) for t, s in enumerate(truth)]
+    reg = PairRegistrar(len(products), pixel_size_um=PX, config=cfg)
+    window = 3
+    for start in range(0, len(products), window):
+        for t in reversed(range(start, min(start + window, len(products)))):  # any order
+            reg.add(t, products[t])
+        reg.register()
+        assert len(reg._products) <= cfg.pair_gap
+    assert reg.max_held <= cfg.pair_gap + window
+    edges = reg.edges()
+    assert edges == register_products(products, pixel_size_um=PX, config=cfg)
+    d = drift_from_edges(edges, len(products), config=cfg)
+    assert np.hypot(d.dy_px - truth[:, 0], d.dx_px - truth[:, 1]).max() < 0.1
+    incomplete = PairRegistrar(3, pixel_size_um=PX, config=cfg)
+    incomplete.add(0, products[0])
+    incomplete.add(2, products[2])
+    with pytest.raises(ValueError, match="frame 1"):
+        incomplete.edges()
+
+
+def test_consensus_rejects_a_block_of_agreeing_wrong_pairs():
+    """The short pairs across the 4|5 cut (gaps 1 and 2) matched the same wrong peak (30 px
+    off, agreeing with each other: a chain of short pairs alone would move every later frame);
+    the 4-frame pairs across the cut are right and outvote them."""
+    n = 12
+    truth = np.cumsum(np.r_[0.0, np.full(n - 1, 1.5)])
+    cfg = DriftConfig(pair_gap=4)
+    edges = []
+    for i, j in pair_list(n, config=cfg):
+        dy = truth[j] - truth[i]
+        if i < 5 <= j and j - i <= 2:
+            dy += 30.0  # wrong, mutually consistent
+        edges.append((i, j, dy, 0.0, 0.5))
+    d = drift_from_edges(edges, n, config=cfg)
+    np.testing.assert_allclose(d.dy_px, truth, atol=1e-3)
+    assert d.registered.all()
+
+
+def test_ambiguous_repeated_structure_is_not_registered():
+    """A pattern that repeats every 20 px has several equal correlation peaks: the pair is
+    ambiguous (ratio test), not a wrong shift; a unique scene registers."""
+    yy, xx = np.mgrid[: SHAPE[0], : SHAPE[1]].astype(np.float32)
+    rng = np.random.default_rng(3)
+
+    def stripes(shift):
+        img = 100 + 300 * np.exp(-(((xx - shift) % 20 - 10) ** 2) / (2 * 1.5**2))
+        return img + rng.normal(0, 5, SHAPE).astype(np.float32)
+
+    dy, dx, q = register_pair(stripes(0.0), stripes(3.0), pixel_size_um=PX)
+    assert np.isnan(q)
+    pts, amps = _scene(seed=9)
+    a, _ = _render(pts, amps, (0, 0), seed=1)
+    b, _ = _render(pts, amps, (0, 3.0), seed=2)
+    dy, dx, q = register_pair(a, b, pixel_size_um=PX)
+    assert dx == pytest.approx(3.0, abs=0.1) and q > 0.5

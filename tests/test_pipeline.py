@@ -285,3 +285,31 @@ def test_frames_are_computed_in_bounded_windows():
     out = pipeline._compute_windows(tasks, None, 2, seen.append)
     assert out == [0, 1, 4, 9, 16]
     assert seen == [2, 4, 5]
+
+
+def test_drift_products_are_held_in_a_bounded_window(sim_movie, config, monkeypatch):
+    """analyze_movie hands each window's drift products to a PairRegistrar and keeps none:
+    at most pair_gap + one window of products are alive, whatever the movie length."""
+    import dataclasses
+
+    from migradetect import drift
+
+    seen = []
+
+    class Recording(drift.PairRegistrar):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            seen.append(self)
+
+    monkeypatch.setattr(drift, "PairRegistrar", Recording)
+    monkeypatch.setattr(pipeline, "_n_threads", lambda client: 2)  # windows of 4 frames
+    cfg = dataclasses.replace(config, drift=dataclasses.replace(config.drift, pair_gap=2))
+    movie = open_movie(sim_movie.path)
+    res = pipeline.analyze_movie(movie, cfg, experiment="exp")
+    (reg,) = seen
+    window = 2 * 2
+    assert movie.n_frames > cfg.drift.pair_gap + window
+    assert reg.max_held <= cfg.drift.pair_gap + window
+    assert not reg._products  # all released
+    d = res.tables["drift.csv"]
+    assert len(d) == movie.n_frames and np.isfinite(d[["dy_px", "dx_px"]].to_numpy()).all()

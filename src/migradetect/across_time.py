@@ -52,12 +52,15 @@ def _pair_task(prev: np.ndarray, cur: np.ndarray, cells: Any, t: int, pixel_size
 def estimate_drift(movie: Any, group: Any, channel: int, *, pixel_size_um: float,
                    config: Config, detections: pd.DataFrame,
                    compute: Callable[[list[Any]], list[Any]], key: str,
-                   products: list[Any] | None = None) -> pd.DataFrame:
+                   products: list[Any] | None = None,
+                   edges: list[Any] | None = None) -> pd.DataFrame:
     """Cumulative stage drift per frame (``frame, dy_px, dx_px``, 0 at frame 0).
 
-    With ``products`` (one :func:`migradetect.drift.prepare_frame` result per frame, made by
-    the per-frame tasks), the pairs of :func:`migradetect.drift.register_products` are
-    registered from memory and solved by :func:`migradetect.drift.drift_from_edges`.
+    With ``edges`` (the registered pairs of a :class:`migradetect.drift.PairRegistrar` fed
+    by the per-frame tasks, what ``analyze_movie`` does) or ``products`` (one
+    :func:`migradetect.drift.prepare_frame` result per frame; registered here with
+    :func:`migradetect.drift.register_products`), the drift is solved by
+    :func:`migradetect.drift.drift_from_edges`.
     Without them, each pair of consecutive frames of the migrasome channel is read and
     registered in its own dask task (computed with ``compute``) with the cells of the
     ``cells`` label stack masked out. The result is then refined on the anchored migrasome
@@ -69,7 +72,9 @@ def estimate_drift(movie: Any, group: Any, channel: int, *, pixel_size_um: float
     n = int(movie.n_frames)
     if n < 2 or not config.drift.enabled:
         return zero_drift(n)
-    if products is not None:
+    if edges is not None:
+        table = drift_mod.drift_from_edges(edges, n, config=config.drift)
+    elif products is not None:
         if len(products) != n:
             raise ValueError(f"{len(products)} drift products for {n} frames")
         # registered here from memory, on the threaded scheduler whatever ran the frames

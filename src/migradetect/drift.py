@@ -24,16 +24,23 @@ correlation at the peak; a peak that does not stand ``min_significance`` noise u
 (noise of a correlation over ``n`` independent pixels: ``1 / sqrt(n)``) means the frames share
 no fixed structure (e.g. early frames before any fiber exists) and the pair is not used.
 
-Each frame is registered to the frames 1, 2, 4, ... ``pair_gap`` before it: pairs of gap 1
-and 2 by a global search (up to ``max_jump_um``), the longer ones only near the drift the short
-ones give (:func:`register_products`), so they cancel the slow bias a chain of short pairs
-accumulates without ever locking onto a far-off peak. :func:`drift_from_edges` solves the
-cumulative drift from all reliable pairs by iteratively reweighted least squares (a pair
-inconsistent with the others loses its weight: Cauchy weights at ``consistency_px``), with a
-weak prior that interpolates frames without any reliable pair linearly and holds the nearest
-reliable drift before the first / after the last one (e.g. early frames before any fiber
-exists carry no drift information). Finally :func:`refine_drift` removes the remaining
-random-walk error with anchored migrasomes (long tracks whose positions agree closely).
+The products are clipped at ``clip_noise`` noise units before correlation (bounded
+influence: a few very bright migrasomes landing on other bright spots must not outweigh the
+area of shared fibers), and a peak that is not unique (a second peak farther than ~1 µm
+reaching ``max_peak_ratio`` of it: sparse or repeated structure) gives no pair.
+
+Each frame is registered to the frames 1, 2, 4, ... ``pair_gap`` before it, every pair by a
+global search (up to ``max_jump_um``), while the products arrive (:class:`PairRegistrar`:
+only the last ``pair_gap`` products are held, so memory does not grow with the movie).
+:func:`drift_from_edges` first finds the drift that most pairs agree on (least absolute
+deviations over the pair graph: a block of wrong pairs that agree with each other is outvoted
+by the other pairs across the same frames, where a chain of short pairs would carry the error
+to every later frame), drops the pairs far from it, and solves the rest by iteratively
+reweighted least squares (Cauchy weights at ``consistency_px``), with a weak prior that
+interpolates frames without any reliable pair linearly and holds the nearest reliable drift
+before the first / after the last one (e.g. early frames before any fiber exists carry no
+drift information). Finally :func:`refine_drift` removes the remaining random-walk error with
+anchored migrasomes (long tracks whose positions agree closely).
 
 Public functions
 ----------------
@@ -41,6 +48,9 @@ Public functions
     The registration product of one frame (float16, NaN = excluded).
 ``register_prepared(prev, cur, *, pixel_size_um, config=None) -> (dy_px, dx_px, quality)``
     Shift of ``cur`` relative to ``prev`` (full-resolution px) from two products.
+``PairRegistrar(n_frames, *, pixel_size_um, config=None)``
+    ``add(t, product)``, ``register()``, ``edges()``: the pairs registered as products
+    arrive, with bounded memory; ``register_products(products, ...)`` does it for a list.
 ``register_pair(prev, cur, prev_mask=None, cur_mask=None, *, pixel_size_um, config=None)
 -> (dy_px, dx_px, quality)``
     The same from two raw frames and their cell masks (labels or booleans, > 0 = cell): a
@@ -124,6 +134,11 @@ class DriftConfig:
         help="a correlation peak must stand this many noise units (1 / sqrt of the "
              "independent overlapping pixels) above 0, else the pair has no common structure",
     )
+    max_peak_ratio: float = param(
+        0.6, min=0.0, max=1.0,
+        help="a pair whose second-best correlation peak (farther than ~1 um from the best) "
+             "reaches this fraction of the best is ambiguous and not used",
+    )
     pair_gap: int = param(
         16, unit="frames", min=1, max=64,
         help="each frame is registered to the frames 1, 2, 4, ... up to this many before it "
@@ -131,8 +146,14 @@ class DriftConfig:
     )
     long_pair_radius_um: float = param(
         0.5, unit="um", min=0.01, max=100.0,
-        help="pairs more than 2 frames apart look for their peak only this far from the drift "
-             "of the short pairs (they correct its slow bias, they do not search for jumps)",
+        help="a registration given a guess of the shift (register_prepared(guess=...)) looks "
+             "for its peak only this far from it",
+    )
+    clip_noise: float = param(
+        8.0, min=0.5, max=6e4,
+        help="product values are clipped at this many noise units before correlation, so a "
+             "few bright spots (migrasomes) cannot dominate the match; structure counts by "
+             "its area",
     )
     consistency_px: float = param(
         0.5, unit="px", min=0.01, max=100.0,
@@ -317,7 +338,12 @@ def register_prepared(
     ma, mb = np.isfinite(a), np.isfinite(b)  # each frame's own cells (with margin) excluded
     if ma.sum() < 64 or mb.sum() < 64:
         return 0.0, 0.0, math.nan
-    a, b = np.where(ma, a, 0.0).astype(np.float32), np.where(mb, b, 0.0).astype(np.float32)
+    # bounded influence: above a few noise units a pixel is "structure", however bright; a
+    # match is then decided by the area of structure that overlaps, not by one or two bright
+    # migrasomes landing on other bright spots
+    lim = float(config.clip_noise)
+    a = np.clip(np.where(ma, a, 0.0), -lim, lim).astype(np.float32)
+    b = np.clip(np.where(mb, b, 0.0), -lim, lim).astype(np.float32)
     if not (a[ma].std() > 0 and b[mb].std() > 0):
         return 0.0, 0.0, math.nan
     px = pixel_size_um * k
@@ -350,6 +376,13 @@ def register_prepared(
     win = np.where(np.hypot(yy - oy, xx - ox) <= max_jump / c + 1, win, -np.inf)
     iy, ix = np.unravel_index(int(np.argmax(win)), win.shape)
     if not np.isfinite(win[iy, ix]):
+        return 0.0, 0.0, math.nan
+    # uniqueness (a ratio test): the shared fixed structure has one true match; a second peak
+    # farther than ~1 um that reaches max_peak_ratio of the best one means the match is
+    # ambiguous (sparse or repeated structure, blobs landing on other blobs): no pair
+    far = np.hypot(yy - iy, xx - ix) > max(2.0, 1.0 / (px * c))
+    second = float(win[far].max()) if far.any() else -np.inf
+    if not win[iy, ix] > 0 or second > config.max_peak_ratio * win[iy, ix]:
         return 0.0, 0.0, math.nan
     d = np.array([(iy - oy) * c, (ix - ox) * c], dtype=np.int64)
     dy, dx, q = _local_peak(a, b, ma, mb, d.astype(np.float64), c + 1.0, k, area,
@@ -429,9 +462,96 @@ def register_pair(
 def pair_list(n_frames: int, *, config: DriftConfig | None = None) -> list[tuple[int, int]]:
     """Frame pairs ``(i, j)`` registered for a movie: ``j`` to ``j - g`` for the gaps
     1, 2, 4, ... up to ``pair_gap`` (short pairs first, then the long ones)."""
-    gap = (config or DriftConfig()).pair_gap
-    gaps = sorted({1, gap} | {2**e for e in range(gap.bit_length()) if 2**e <= gap})
+    gaps = _gaps(config or DriftConfig())
     return [(j - g, j) for g in gaps for j in range(1, n_frames) if j - g >= 0]
+
+
+def _gaps(config: DriftConfig) -> list[int]:
+    gap = config.pair_gap
+    return sorted({1, gap} | {2**e for e in range(gap.bit_length()) if 2**e <= gap})
+
+
+class PairRegistrar:
+    """Registers the pairs of :func:`pair_list` while the frames' products arrive.
+
+    Products are handed over with :meth:`add` (any order, e.g. a window of frames computed in
+    parallel); :meth:`register` registers every pair whose two frames have arrived (up to the
+    first frame still missing) and drops the products that no later pair needs. So at most
+    ``pair_gap`` + one window of products are held, whatever the movie length (a 2048² frame
+    at 0.15 µm pixels gives a 2 MiB product: 400 frames would be 800 MiB).
+
+    Every pair is searched globally (up to ``max_jump_um``, see :func:`register_prepared`):
+    each frame then has up to two pairs per gap (to earlier and later frames), independent
+    measurements of its drift, and :func:`drift_from_edges` keeps the consensus of the
+    redundant pairs, so a pair that matched moving structure or a wrong peak is outvoted.
+    Results do not depend on the order or grouping in which products arrive.
+
+    Parameters
+    ----------
+    n_frames
+        Frames of the movie.
+    pixel_size_um
+        µm per pixel of the frames.
+    config
+        :class:`DriftConfig`.
+    compute
+        ``compute(list_of_dask_delayed) -> list`` to run the registrations; None: the
+        threaded scheduler.
+    """
+
+    def __init__(self, n_frames: int, *, pixel_size_um: float,
+                 config: DriftConfig | None = None, compute: Any = None) -> None:
+        self.n_frames = int(n_frames)
+        self.pixel_size_um = float(pixel_size_um)
+        self.config = config or DriftConfig()
+        self._compute = compute
+        self._gaps = _gaps(self.config)
+        self._products: dict[int, np.ndarray] = {}
+        self._next = 1  # first frame whose pairs (to earlier frames) are not registered yet
+        self._edges: dict[tuple[int, int], tuple[float, float, float]] = {}
+        self.max_held = 0  # most products held at once (for tests and benchmarks)
+
+    def add(self, t: int, product: np.ndarray) -> None:
+        """Hand over frame ``t``'s :func:`prepare_frame` product."""
+        t = int(t)
+        if not 0 <= t < self.n_frames:
+            raise ValueError(f"frame {t} outside 0..{self.n_frames - 1}")
+        if t < self._next and t != 0 or t in self._products:
+            raise ValueError(f"the product of frame {t} was already handed over")
+        self._products[t] = product
+        self.max_held = max(self.max_held, len(self._products))
+
+    def register(self) -> None:
+        """Register the pairs that the products handed over so far allow; drop old ones."""
+        import dask
+
+        end = self._next  # frames < end have all arrived (or were dropped once registered)
+        while end < self.n_frames and end in self._products:
+            end += 1
+        pairs = [(j - g, j) for g in self._gaps for j in range(self._next, end) if j - g >= 0]
+        if pairs:
+            reg = dask.delayed(register_prepared, pure=False)
+            tasks = [reg(self._products[i], self._products[j],
+                         pixel_size_um=self.pixel_size_um, config=self.config)
+                     for i, j in pairs]
+            if self._compute is None:
+                res = list(dask.compute(*tasks, scheduler="threads"))
+            else:
+                res = list(self._compute(tasks))
+            self._edges.update(zip(pairs, (tuple(map(float, r)) for r in res), strict=True))
+        self._next = max(self._next, end)
+        keep_from = self._next - max(self._gaps)  # later pairs reach back this far
+        for t in [t for t in self._products if t < keep_from]:
+            del self._products[t]
+
+    def edges(self) -> list[tuple[int, int, float, float, float]]:
+        """``(i, j, dy_px, dx_px, quality)`` per pair, in :func:`pair_list` order."""
+        self.register()
+        if self._next < self.n_frames:
+            raise ValueError(f"the product of frame {self._next} was never handed over")
+        self._products.clear()
+        return [(i, j, *self._edges[(i, j)])
+                for i, j in pair_list(self.n_frames, config=self.config)]
 
 
 def register_products(
@@ -443,11 +563,9 @@ def register_products(
 ) -> list[tuple[int, int, float, float, float]]:
     """Register every pair of :func:`pair_list` from per-frame products.
 
-    Pairs of gap 1 and 2 are searched over every shift up to ``max_jump_um`` (jumps are found
-    there); the drift they give is then the guess around which the longer pairs look for their
-    peak (within ``long_pair_radius_um``): long pairs correct the slow bias that a chain of
-    short pairs accumulates, and cannot lock onto a far-off peak (a cell the segmentation
-    missed, matched to another one).
+    Every pair is searched over every shift up to ``max_jump_um`` (see
+    :class:`PairRegistrar`, which does the same while products arrive, with bounded memory);
+    :func:`drift_from_edges` then keeps the consensus of the redundant pairs.
 
     Parameters
     ----------
@@ -466,37 +584,60 @@ def register_products(
     list
         ``(i, j, dy_px, dx_px, quality)`` per pair, in :func:`pair_list` order.
     """
-    import dask
+    reg = PairRegistrar(len(products), pixel_size_um=pixel_size_um, config=config,
+                        compute=compute)
+    for t, p in enumerate(products):
+        reg.add(t, p)
+    return reg.edges()
 
-    config = config or DriftConfig()
-    n = len(products)
-    if compute is None:
-        def compute(tasks: list[Any]) -> list[Any]:
-            return list(dask.compute(*tasks, scheduler="threads"))
 
-    pairs = pair_list(n, config=config)
-    short = [(i, j) for i, j in pairs if j - i <= 2]
-    long_ = [(i, j) for i, j in pairs if j - i > 2]
-    reg = dask.delayed(register_prepared, pure=True)
-    res = compute([reg(products[i], products[j], pixel_size_um=pixel_size_um, config=config)
-                   for i, j in short])
-    edges = [(i, j, *r) for (i, j), r in zip(short, res, strict=True)]
-    if long_:
-        first = drift_from_edges(edges, n, config=config)
-        d = first[["dy_px", "dx_px"]].to_numpy(np.float64)
-        res = compute([reg(products[i], products[j], pixel_size_um=pixel_size_um,
-                           config=config, guess=(float(d[j, 0] - d[i, 0]),
-                                                 float(d[j, 1] - d[i, 1])))
-                       for i, j in long_])
-        edges += [(i, j, *r) for (i, j), r in zip(long_, res, strict=True)]
-    return edges
+#: A pair whose shift differs from the consensus drift by more than this many
+#: ``consistency_px`` is an outlier (a wrong peak) and is not used at all.
+OUTLIER_SCALE = 4.0
+
+
+def _consensus_drift(i: np.ndarray, j: np.ndarray, y: np.ndarray, n: int) -> np.ndarray:
+    """Drift per frame that satisfies most pairs: least absolute deviations over the graph.
+
+    Minimises ``sum |D_j - D_i - y_ij|`` per axis (a linear programme, HiGHS). Unlike least
+    squares, the L1 solution lets a minority of wrong pairs (a peak on moving structure or a
+    repeated pattern) keep their whole error instead of spreading it: wherever the pairs
+    crossing between two blocks of frames disagree, the majority decides. A very weak L1
+    prior on the frame-to-frame change keeps frames that no pair reaches at the previous
+    drift. The convex problem has no local minima, so no starting guess can mislead it.
+    """
+    from scipy.optimize import linprog
+
+    m = len(i)
+    prior_w = 1e-4
+    t = np.arange(1, n)
+    # rows: pairs, then the prior (t-1, t) with shift 0; columns: D_1..D_{n-1}, one slack/row
+    ri, rj = np.r_[i, t - 1], np.r_[j, t]
+    rows = np.arange(m + n - 1)
+    a = sparse.csr_matrix((np.r_[np.ones(len(rows)), -np.ones(len(rows))],
+                           (np.r_[rows, rows], np.r_[rj, ri])), shape=(len(rows), n))[:, 1:]
+    slack = sparse.identity(len(rows), format="csr")
+    a_ub = sparse.vstack([sparse.hstack([a, -slack]), sparse.hstack([-a, -slack])]).tocsr()
+    cost = np.r_[np.zeros(n - 1), np.ones(m), np.full(n - 1, prior_w)]
+    bounds = [(None, None)] * (n - 1) + [(0, None)] * len(rows)
+    out = np.zeros((n, 2))
+    for comp in range(2):
+        rhs = np.r_[y[:, comp], np.zeros(n - 1)]
+        res = linprog(cost, A_ub=a_ub, b_ub=np.r_[rhs, -rhs], bounds=bounds, method="highs")
+        if res.status != 0:
+            raise RuntimeError(f"drift: the L1 consensus failed ({res.message})")
+        out[1:, comp] = res.x[: n - 1]
+    return out
 
 
 def drift_from_edges(edges: Any, n_frames: int, *,
                      config: DriftConfig | None = None) -> pd.DataFrame:
     """Cumulative drift from pair shifts ``[(i, j, dy, dx, quality), ...]`` (``D_j - D_i``).
 
-    Pairs with quality below ``min_quality`` (or NaN) are left out. The rest are solved by
+    Pairs with quality below ``min_quality`` (or NaN) are left out. The rest first give the
+    consensus drift (:func:`_consensus_drift`, least absolute deviations): a pair more than
+    ``OUTLIER_SCALE * consistency_px`` from it matched a wrong peak (moving structure, a
+    repeated pattern) and is dropped. The rest are solved by
     least squares with Cauchy reweighting (scale ``consistency_px``), so that a pair that
     disagrees with the redundant ones loses its weight; a weak prior (first differences of
     the drift near 0) fills frames that no reliable pair reaches: linear interpolation inside
@@ -523,6 +664,13 @@ def drift_from_edges(edges: Any, n_frames: int, *,
                              "registered": np.zeros(n, dtype=bool)})
     e = arr[good]
     i, j = e[:, 0].astype(np.int64), e[:, 1].astype(np.int64)
+    n_out = 0
+    if len(e):
+        start = _consensus_drift(i, j, e[:, 2:4], n)
+        res0 = np.hypot(*(start[j] - start[i] - e[:, 2:4]).T)
+        inlier = res0 <= OUTLIER_SCALE * config.consistency_px
+        n_out = int((~inlier).sum())
+        e, i, j = e[inlier], i[inlier], j[inlier]
     for jj in np.unique(j):
         quality[jj] = e[j == jj, 4].max()
     registered = np.zeros(n, dtype=bool)  # frames that some reliable pair reaches
@@ -558,9 +706,9 @@ def drift_from_edges(edges: Any, n_frames: int, *,
                 break
         n_down += int((w < 0.5).sum())
         out[1:, comp] = sol
-    if (~good).any() or n_down:
-        log.info("drift: %d of %d frame pairs unreliable, %d inconsistent ones down-weighted",
-                 int((~good).sum()), len(arr), n_down)
+    if (~good).any() or n_down or n_out:
+        log.info("drift: %d of %d frame pairs unreliable, %d outliers, %d inconsistent ones "
+                 "down-weighted", int((~good).sum()), len(arr), n_out, n_down)
     return pd.DataFrame({"frame": np.arange(n, dtype=np.int64), "dy_px": out[:, 0],
                          "dx_px": out[:, 1], "quality": quality, "registered": registered})
 

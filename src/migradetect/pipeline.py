@@ -24,9 +24,12 @@ How it runs
    of different frames never share a chunk), return the small tables, per-frame stats and,
    when drift correction is on, the frame's drift product
    (:func:`migradetect.drift.prepare_frame`: band-passed, cells masked, float16 at ~0.3 µm
-   pixels; 0.5 MiB for a 1024² frame), so the drift step never reads the movie again.
+   pixels; 0.5 MiB for a 1024² frame), so the drift step never reads the movie again. The
+   products go to a :class:`migradetect.drift.PairRegistrar` as each window arrives: the
+   frame pairs are registered there and only the last ``drift.pair_gap`` products (plus one
+   window) are held, so memory does not grow with the movie length.
 2. Across time, on tables plus label stacks read frame by frame from the zarr group: drift
-   (pairs of drift products registered in memory, refined on anchored migrasomes), bleach
+   (solved from the registered pairs, refined on anchored migrasomes), bleach
    factors, cell tracking (then the ``cells`` array is relabelled in
    place with cell ids), migrasome linking in drift-corrected coordinates (then the
    ``migrasomes`` array is relabelled with track ids), assignment to cells, growth fits, cell
@@ -274,15 +277,21 @@ def _n_threads(client: Any) -> int:
 
 
 def _compute_windows(tasks: list[Any], client: Any, window: int,
-                     on_done: Callable[[int], None] | None = None) -> list[Any]:
-    """Compute delayed ``tasks`` ``window`` at a time (bounded memory); results in order."""
+                     on_done: Callable[[int], None] | None = None,
+                     consume: Callable[[list[Any]], list[Any]] | None = None) -> list[Any]:
+    """Compute delayed ``tasks`` ``window`` at a time (bounded memory); results in order.
+
+    ``consume(chunk_results) -> kept`` (optional) sees each window's results as they come and
+    returns what is kept (e.g. with large parts handed on and dropped).
+    """
     results: list[Any] = []
     for start in range(0, len(tasks), window):
         chunk = tasks[start:start + window]
         if client is not None:
-            results.extend(client.gather(client.compute(chunk)))
+            out = list(client.gather(client.compute(chunk)))
         else:
-            results.extend(dask.compute(*chunk, scheduler="threads"))
+            out = list(dask.compute(*chunk, scheduler="threads"))
+        results.extend(out if consume is None else consume(out))
         if on_done is not None:
             on_done(len(results))
     return results
@@ -409,9 +418,27 @@ def analyze_movie(
             mig, cell, t, arrays, pixel_size_um, psf_sigma_um, config, t in qc_frames,
             want_drift, dask_key_name=f"migradetect-frame-{run_id}-{t}"))
     window = 2 * _n_threads(client)
+    registrar = None
+    if want_drift:
+        from migradetect import drift as drift_mod
+
+        # drift pairs are registered as the windows of frames arrive (in this process, on
+        # the threaded scheduler: shipping products to cluster workers costs more than
+        # registering them), so at most pair_gap + one window of products are held
+        registrar = drift_mod.PairRegistrar(n_frames, pixel_size_um=pixel_size_um,
+                                            config=config.drift)
+
+    def consume(chunk: list[Any]) -> list[Any]:
+        if registrar is None:
+            return chunk
+        for r in chunk:
+            registrar.add(r[0], r[5])
+        registrar.register()
+        return [r[:5] + (None,) for r in chunk]
+
     with _scheduler(client):
         try:
-            per_frame = _compute_windows(tasks, client, window, report)
+            per_frame = _compute_windows(tasks, client, window, report, consume)
         except InputError as exc:  # a per-frame task knows the frame, not the file
             if exc.path is not None:
                 raise
@@ -425,15 +452,15 @@ def analyze_movie(
         fibers = pd.concat(fib, ignore_index=True) if fib else pd.DataFrame()
         stats = pd.DataFrame([r[3] for r in per_frame])
         qc_images = {r[0]: r[4] for r in per_frame if r[4] is not None}
-        products = [r[5] for r in per_frame] if want_drift else None
         del per_frame
 
         # --- drift (cells masked), bleaching --------------------------------------------
         drift = across_time.estimate_drift(
             movie, group, c_mig, pixel_size_um=pixel_size_um, config=config,
             detections=detections, key=run_id,
-            compute=lambda tasks: _compute_windows(tasks, client, window), products=products)
-        del products
+            compute=lambda tasks: _compute_windows(tasks, client, window),
+            edges=None if registrar is None else registrar.edges())
+        del registrar
         step()
         factors = across_time.bleach_factors(stats, config=config)
         stats = stats.assign(bleach_factor=factors)
