@@ -280,11 +280,13 @@ def test_cell_channel_role_is_used(config):
 def test_frames_are_computed_in_bounded_windows():
     import dask
 
-    seen = []
+    seen, kept = [], []
     tasks = [dask.delayed(lambda i: i * i)(i) for i in range(5)]
-    out = pipeline._compute_windows(tasks, None, 2, seen.append)
-    assert out == [0, 1, 4, 9, 16]
-    assert seen == [2, 4, 5]
+    out = pipeline._compute_windows(tasks, None, 2, seen.append,
+                                    lambda i, r: kept.append(i) or -r)
+    assert out == [0, -1, -4, -9, -16]  # in task order, as consume() returned them
+    assert seen == [1, 2, 3, 4, 5]
+    assert sorted(kept) == [0, 1, 2, 3, 4]
 
 
 def test_drift_products_are_held_in_a_bounded_window(sim_movie, config, monkeypatch):

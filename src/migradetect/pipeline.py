@@ -68,6 +68,7 @@ import zarr
 
 from migradetect import __version__, across_time, schema
 from migradetect.config import Config, config_to_dict
+from migradetect.scheduling import compute_bounded
 from migradetect.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -278,23 +279,15 @@ def _n_threads(client: Any) -> int:
 
 def _compute_windows(tasks: list[Any], client: Any, window: int,
                      on_done: Callable[[int], None] | None = None,
-                     consume: Callable[[list[Any]], list[Any]] | None = None) -> list[Any]:
-    """Compute delayed ``tasks`` ``window`` at a time (bounded memory); results in order.
+                     consume: Callable[[int, Any], Any] | None = None) -> list[Any]:
+    """Compute delayed ``tasks`` with at most ``window`` in flight (bounded memory); results
+    in order. A new task starts as soon as one finishes (no idle workers at window ends).
 
-    ``consume(chunk_results) -> kept`` (optional) sees each window's results as they come and
-    returns what is kept (e.g. with large parts handed on and dropped).
+    ``consume(index, result) -> kept`` (optional) sees each result as it arrives, in this
+    thread, and returns what is kept (e.g. with large parts handed on and dropped).
     """
-    results: list[Any] = []
-    for start in range(0, len(tasks), window):
-        chunk = tasks[start:start + window]
-        if client is not None:
-            out = list(client.gather(client.compute(chunk)))
-        else:
-            out = list(dask.compute(*chunk, scheduler="threads"))
-        results.extend(out if consume is None else consume(out))
-        if on_done is not None:
-            on_done(len(results))
-    return results
+    return compute_bounded(tasks, client=client, n_workers=_n_threads(client),
+                           max_in_flight=window, on_done=on_done, consume=consume)
 
 
 @contextmanager
@@ -425,16 +418,20 @@ def analyze_movie(
         # drift pairs are registered as the windows of frames arrive (in this process, on
         # the threaded scheduler: shipping products to cluster workers costs more than
         # registering them), so at most pair_gap + one window of products are held
-        registrar = drift_mod.PairRegistrar(n_frames, pixel_size_um=pixel_size_um,
-                                            config=config.drift)
+        registrar = drift_mod.PairRegistrar(
+            n_frames, pixel_size_um=pixel_size_um, config=config.drift,
+            compute=lambda tasks: list(dask.compute(*tasks, scheduler="sync")))
 
-    def consume(chunk: list[Any]) -> list[Any]:
+    arrived = [0]
+
+    def consume(_i: int, r: Any) -> Any:
         if registrar is None:
-            return chunk
-        for r in chunk:
-            registrar.add(r[0], r[5])
-        registrar.register()
-        return [r[:5] + (None,) for r in chunk]
+            return r
+        registrar.add(r[0], r[5])
+        arrived[0] += 1
+        if arrived[0] % window == 0:
+            registrar.register()  # in this thread, while the workers go on with later frames
+        return r[:5] + (None,)
 
     with _scheduler(client):
         try:

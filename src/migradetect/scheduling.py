@@ -34,6 +34,7 @@ def compute_bounded(
     n_workers: int = 1,
     max_in_flight: int | None = None,
     on_done: Callable[[int], None] | None = None,
+    consume: Callable[[int, Any], Any] | None = None,
 ) -> list[Any]:
     """Compute delayed ``tasks`` with at most ``max_in_flight`` running or unread at a time.
 
@@ -49,6 +50,10 @@ def compute_bounded(
         Tasks submitted but not yet collected; default ``2 * n_workers``.
     on_done
         Called with the number of finished tasks after each one finishes.
+    consume
+        ``consume(index, result) -> kept``, called in this thread as each result arrives
+        (in the order they finish); what it returns is kept instead of the result, so large
+        parts can be handed on and dropped while later tasks still run.
 
     Returns
     -------
@@ -75,8 +80,9 @@ def compute_bounded(
             nxt += 1
         for fut in pending:
             i = index.pop(fut.key)
-            results[i] = fut.result()  # raises the task's own exception
+            res = fut.result()  # raises the task's own exception
             fut.release()
+            results[i] = res if consume is None else consume(i, res)
             done += 1
             if on_done is not None:
                 on_done(done)
@@ -98,7 +104,8 @@ def compute_bounded(
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for fut in sorted(finished, key=running.__getitem__):
                     i = running.pop(fut)
-                    results[i] = fut.result()
+                    res = fut.result()
+                    results[i] = res if consume is None else consume(i, res)
                     done += 1
                     if on_done is not None:
                         on_done(done)
