@@ -240,6 +240,13 @@ def test_registrar_holds_a_bounded_number_of_products():
     assert edges == register_products(products, pixel_size_um=PX, config=cfg)
     d = drift_from_edges(edges, len(products), config=cfg)
     assert np.hypot(d.dy_px - truth[:, 0], d.dx_px - truth[:, 1]).max() < 0.1
+    # registered after every arrival, frame 0 arriving last (a sliding window of tasks
+    # finishes in any order): same edges
+    late0 = PairRegistrar(len(products), pixel_size_um=PX, config=cfg)
+    for t in [1, 2, 3, 0] + list(range(4, len(products))):
+        late0.add(t, products[t])
+        late0.register()
+    assert late0.edges() == edges
     incomplete = PairRegistrar(3, pixel_size_um=PX, config=cfg)
     incomplete.add(0, products[0])
     incomplete.add(2, products[2])

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,121 +113,91 @@ class AssignConfig:
     )
 
 
-class _FrameCache:
-    """Reads frames of a (T, Y, X) indexable on demand, keeping the most recent ones."""
-
-    def __init__(self, stack: Any, size: int) -> None:
-        self.stack, self.size, self.frames = stack, size, OrderedDict()
-
-    def __call__(self, t: int) -> np.ndarray:
-        if t in self.frames:
-            self.frames.move_to_end(t)
-            return self.frames[t]
-        img = np.asarray(self.stack[t])
-        self.frames[t] = img
-        if len(self.frames) > self.size:
-            self.frames.popitem(last=False)
-        return img
-
-
-class _Geodesic:
-    """Per frame: for every fiber skeleton pixel, the cell first reached along the skeleton
-    and the path length to it (px), cached for the most recent frames.
+def _geodesic(lab: np.ndarray, cells: np.ndarray, attach_px: float):
+    """For every fiber skeleton pixel of one frame, the cell first reached along the
+    skeleton and the path length to it (px).
 
     A fiber skeleton component often holds several fibers (they cross, or touch at the
     migrasomes), so the whole component touches several cells; the cell a migrasome's fiber
     belongs to is the one reached first walking along the skeleton from the migrasome.
     Multi-source Dijkstra (scipy.sparse.csgraph) on the 8-connected skeleton pixel graph,
     sources the skeleton pixels within ``attach_px`` of a cell (labelled by that cell).
+
+    Returns ``(idx, cell_of, geo, lab)``: the skeleton pixel index per pixel (-1 elsewhere),
+    then per skeleton pixel its cell (-1: none reached) and path length.
     """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import dijkstra
+    from scipy.spatial import cKDTree
 
-    def __init__(self, fib: _FrameCache, cel: _FrameCache, attach_px: float, size: int) -> None:
-        self.fib, self.cel, self.attach_px = fib, cel, attach_px
-        self.size, self.frames = size, OrderedDict()
-
-    def cache(self, t: int):
-        if t in self.frames:
-            self.frames.move_to_end(t)
-            return self.frames[t]
-        self.frames[t] = out = self._compute(t)
-        if len(self.frames) > self.size:
-            self.frames.popitem(last=False)
-        return out
-
-    def _compute(self, t: int):
-        from scipy.sparse import coo_matrix
-        from scipy.sparse.csgraph import dijkstra
-        from scipy.spatial import cKDTree
-
-        cells = np.asarray(self.cel(t))
-        lab = np.asarray(self.fib(t))
-        # walk outside the cells only: a fiber passing under a cell does not belong to it
-        skel = (lab > 0) & (cells == 0)
-        shape = skel.shape
-        ys, xs = np.nonzero(skel)
-        n = len(ys)
-        idx = np.full(shape, -1, dtype=np.int64)
-        idx[ys, xs] = np.arange(n)
-        cell_of = np.full(n, -1, dtype=np.int64)
-        geo = np.full(n, np.inf)
-        if n == 0 or not (cells > 0).any():
-            return idx, cell_of, geo, lab
-        # skeleton pixels near a cell: the nearest cell edge pixel (a KD-tree on the edges,
-        # far cheaper than a distance transform of the whole frame)
-        inner = np.pad(cells, 1, mode="edge")
-        edge = (cells > 0) & ~((inner[:-2, 1:-1] == cells) & (inner[2:, 1:-1] == cells)
-                               & (inner[1:-1, :-2] == cells) & (inner[1:-1, 2:] == cells))
-        ey, ex = np.nonzero(edge)
-        dist, near = cKDTree(np.column_stack([ey, ex])).query(
-            np.column_stack([ys, xs]), distance_upper_bound=self.attach_px + 1e-6)
-        src = np.nonzero(np.isfinite(dist))[0]
-        if len(src) == 0:
-            return idx, cell_of, geo, lab
-        src_cell = np.full(n, -1, dtype=np.int64)
-        src_cell[src] = cells[ey[near[src]], ex[near[src]]]
-        src_dist = np.where(np.isfinite(dist), dist, 0.0)
-        rows, cols, w = [], [], []
-        for dy, dx, wt in ((0, 1, 1.0), (1, 0, 1.0), (1, 1, math.sqrt(2)), (1, -1, math.sqrt(2))):
-            a = idx[: shape[0] - dy, max(0, -dx): shape[1] - max(0, dx)]
-            b = idx[dy:, max(0, dx): shape[1] + min(0, dx)]
-            la = lab[: shape[0] - dy, max(0, -dx): shape[1] - max(0, dx)]
-            lb = lab[dy:, max(0, dx): shape[1] + min(0, dx)]
-            ok = (a >= 0) & (b >= 0) & (la == lb)  # along one fiber label only
-            rows.append(a[ok]), cols.append(b[ok]), w.append(np.full(ok.sum(), wt))
-        g = coo_matrix((np.concatenate(w), (np.concatenate(rows), np.concatenate(cols))),
-                       shape=(n, n)).tocsr()
-        d, _, source = dijkstra(g, directed=False, indices=src, min_only=True,
-                                return_predecessors=True)
-        reached = source >= 0
-        cell_of[reached] = src_cell[source[reached]]
-        geo[reached] = d[reached] + src_dist[source[reached]]
+    # walk outside the cells only: a fiber passing under a cell does not belong to it
+    skel = (lab > 0) & (cells == 0)
+    shape = skel.shape
+    ys, xs = np.nonzero(skel)
+    n = len(ys)
+    idx = np.full(shape, -1, dtype=np.int32 if n < 2**31 else np.int64)
+    idx[ys, xs] = np.arange(n)
+    cell_of = np.full(n, -1, dtype=np.int64)
+    geo = np.full(n, np.inf)
+    if n == 0 or not (cells > 0).any():
         return idx, cell_of, geo, lab
+    # skeleton pixels near a cell: the nearest cell edge pixel (a KD-tree on the edges,
+    # far cheaper than a distance transform of the whole frame)
+    inner = np.pad(cells, 1, mode="edge")
+    edge = (cells > 0) & ~((inner[:-2, 1:-1] == cells) & (inner[2:, 1:-1] == cells)
+                           & (inner[1:-1, :-2] == cells) & (inner[1:-1, 2:] == cells))
+    ey, ex = np.nonzero(edge)
+    dist, near = cKDTree(np.column_stack([ey, ex])).query(
+        np.column_stack([ys, xs]), distance_upper_bound=attach_px + 1e-6)
+    src = np.nonzero(np.isfinite(dist))[0]
+    if len(src) == 0:
+        return idx, cell_of, geo, lab
+    src_cell = np.full(n, -1, dtype=np.int64)
+    src_cell[src] = cells[ey[near[src]], ex[near[src]]]
+    src_dist = np.where(np.isfinite(dist), dist, 0.0)
+    rows, cols, w = [], [], []
+    for dy, dx, wt in ((0, 1, 1.0), (1, 0, 1.0), (1, 1, math.sqrt(2)), (1, -1, math.sqrt(2))):
+        a = idx[: shape[0] - dy, max(0, -dx): shape[1] - max(0, dx)]
+        b = idx[dy:, max(0, dx): shape[1] + min(0, dx)]
+        la = lab[: shape[0] - dy, max(0, -dx): shape[1] - max(0, dx)]
+        lb = lab[dy:, max(0, dx): shape[1] + min(0, dx)]
+        ok = (a >= 0) & (b >= 0) & (la == lb)  # along one fiber label only
+        rows.append(a[ok]), cols.append(b[ok]), w.append(np.full(ok.sum(), wt))
+    g = coo_matrix((np.concatenate(w), (np.concatenate(rows), np.concatenate(cols))),
+                   shape=(n, n)).tocsr()
+    d, _, source = dijkstra(g, directed=False, indices=src, min_only=True,
+                            return_predecessors=True)
+    reached = source >= 0
+    cell_of[reached] = src_cell[source[reached]]
+    geo[reached] = d[reached] + src_dist[source[reached]]
+    return idx, cell_of, geo, lab
 
-    def cell_at(self, t: int, p: np.ndarray, radius_px: float):
-        """(cell_id, distance to the fiber px) of the cell first reached along the fiber from
-        the skeleton pixels within ``radius_px`` of ``p``; cell -1 when the fiber reaches no
-        cell; None when there is no fiber."""
-        idx, cell_of, geo, lab = self.cache(t)
-        r = int(math.ceil(radius_px)) + 1
-        y0, x0 = int(round(p[0])), int(round(p[1]))
-        ys0, xs0 = max(y0 - r, 0), max(x0 - r, 0)
-        crop = idx[ys0:max(y0 + r + 1, 0), xs0:max(x0 + r + 1, 0)]
-        yy, xx = np.nonzero(crop >= 0)
-        if len(yy) == 0:
-            return None
-        d = np.hypot(yy + ys0 - p[0], xx + xs0 - p[1])
-        keep = d <= radius_px
-        if not keep.any():
-            return None
-        yy, xx, d = yy[keep] + ys0, xx[keep] + xs0, d[keep]
-        # the fiber it sits on: the label of the nearest skeleton pixel
-        same = lab[yy, xx] == lab[yy[np.argmin(d)], xx[np.argmin(d)]]
-        nodes, d = idx[yy[same], xx[same]], d[same]
-        total = d + geo[nodes]
-        k = int(np.argmin(total))
-        if not np.isfinite(total[k]):
-            return -1, float(d.min())
-        return int(cell_of[nodes[k]]), float(d.min())
+
+def _geodesic_cell_at(frame_geo, p: np.ndarray, radius_px: float):
+    """(cell_id, distance to the fiber px) of the cell first reached along the fiber from
+    the skeleton pixels within ``radius_px`` of ``p`` (``frame_geo`` from :func:`_geodesic`);
+    cell -1 when the fiber reaches no cell; None when there is no fiber."""
+    idx, cell_of, geo, lab = frame_geo
+    r = int(math.ceil(radius_px)) + 1
+    y0, x0 = int(round(p[0])), int(round(p[1]))
+    ys0, xs0 = max(y0 - r, 0), max(x0 - r, 0)
+    crop = idx[ys0:max(y0 + r + 1, 0), xs0:max(x0 + r + 1, 0)]
+    yy, xx = np.nonzero(crop >= 0)
+    if len(yy) == 0:
+        return None
+    d = np.hypot(yy + ys0 - p[0], xx + xs0 - p[1])
+    keep = d <= radius_px
+    if not keep.any():
+        return None
+    yy, xx, d = yy[keep] + ys0, xx[keep] + xs0, d[keep]
+    # the fiber it sits on: the label of the nearest skeleton pixel
+    same = lab[yy, xx] == lab[yy[np.argmin(d)], xx[np.argmin(d)]]
+    nodes, d = idx[yy[same], xx[same]], d[same]
+    total = d + geo[nodes]
+    k = int(np.argmin(total))
+    if not np.isfinite(total[k]):
+        return -1, float(d.min())
+    return int(cell_of[nodes[k]]), float(d.min())
 
 
 def _nearest_labels(img: np.ndarray, p: np.ndarray, radius_px: float) -> dict[int, float]:
@@ -321,12 +290,9 @@ def assign_tracks(
         fiber_cell = {(int(f), int(i)): int(c) for f, i, c in
                       fibers[["frame", "fiber_id", "cell_id"]].itertuples(index=False)}
     motion = _velocities(cell_frames, drift)
-    cache_size = config.birth_frames + config.rear_lookback_frames + 2
-    fib = _FrameCache(fiber_labels, cache_size) if fiber_labels is not None else None
-    cel = _FrameCache(cell_labels, cache_size) if cell_labels is not None else None
-    n_t = int(cell_labels.shape[0]) if cell_labels is not None else None
-    geo = (_Geodesic(fib, cel, config.attach_distance_um / pixel_size_um, cache_size)
-           if config.fiber_geodesic and fib is not None and cel is not None else None)
+    has_fib, has_cel = fiber_labels is not None, cell_labels is not None
+    n_t = int(cell_labels.shape[0]) if has_cel else None
+    use_geo = bool(config.fiber_geodesic and has_fib and has_cel)
 
     m = migrasomes.sort_values(["track_id", "frame"], kind="stable")
     fr = m["frame"].to_numpy(np.int64)
@@ -337,7 +303,7 @@ def assign_tracks(
         head = g.iloc[: config.birth_frames]
         births.append((int(head["frame"].iloc[0]), int(tid), head["frame"].to_numpy(),
                        np.array([head["_yc"].median(), head["_xc"].median()])))
-    births.sort(key=lambda b: (b[0], b[1]))  # by birth frame: the frame caches slide forward
+    births.sort(key=lambda b: (b[0], b[1]))
 
     n_all = int(max(fr.max(), n_t - 1 if n_t else 0)) + 1
     dyf, dxf = drift_at_frames(drift, np.arange(n_all))
@@ -345,39 +311,86 @@ def assign_tracks(
     def at(pc: np.ndarray, f: int) -> np.ndarray:
         return pc + np.array([dyf[f], dxf[f]])
 
+    # Every place-and-frame question the rules ask is answered in one sweep over the frames,
+    # reading each label frame once and holding one frame at a time: memory does not grow
+    # with the movie (a cache of the look-back window held ~35 full frames, GiBs at 2048²).
+    r_fib = config.fiber_distance_um / pixel_size_um
+    r_cel = max(config.cover_distance_um, config.rear_distance_um) / pixel_size_um
+    n_fib = int(fiber_labels.shape[0]) if has_fib else 0
+    fib_q: dict[int, list[int]] = {}
+    cel_q: dict[int, list[int]] = {}
+    for k, (birth, _tid, head_frames, _pc) in enumerate(births):
+        if has_fib:
+            wanted = {int(f) for f in head_frames}
+            wanted.update(range(max(0, birth - 1 - config.rear_lookback_frames), birth))
+            for f in wanted:
+                if 0 <= f < n_fib:
+                    fib_q.setdefault(f, []).append(k)
+        if has_cel:
+            for f in range(max(0, birth - config.rear_lookback_frames), min(birth, n_t - 1) + 1):
+                cel_q.setdefault(f, []).append(k)
+    fib_ans: dict[tuple[int, int], Any] = {}
+    cel_ans: dict[tuple[int, int], dict[int, float]] = {}
+    for f in sorted(set(fib_q) | set(cel_q)):
+        cells = np.asarray(cell_labels[f]) if has_cel and (f in cel_q or use_geo) else None
+        if f in fib_q:
+            lab = np.asarray(fiber_labels[f])
+            frame_geo = _geodesic(lab, cells, config.attach_distance_um / pixel_size_um) \
+                if use_geo and cells is not None else None
+            for k in fib_q[f]:
+                fib_ans[(k, f)] = _fiber_cell(lab, f, at(births[k][3], f), fiber_cell, r_fib,
+                                              frame_geo)
+            del lab, frame_geo
+        for k in cel_q.get(f, ()):
+            cel_ans[(k, f)] = _nearest_labels(cells, at(births[k][3], f), r_cel)
+        del cells
+
     rows = []
-    for birth, tid, head_frames, pc in births:
-        rows.append(_assign_one(tid, birth, head_frames, pc, at, fib, cel, geo, n_t, fiber_cell,
-                                motion, pixel_size_um, config))
+    for k, (birth, tid, head_frames, pc) in enumerate(births):
+        def fiber_at(f: int, k: int = k):
+            return fib_ans.get((k, f))
+
+        def cells_near(f: int, radius_px: float, k: int = k) -> dict[int, float]:
+            return {c: d for c, d in cel_ans.get((k, f), {}).items() if d <= radius_px}
+
+        rows.append(_assign_one(tid, birth, head_frames, pc, at,
+                                fiber_at if has_fib else None,
+                                cells_near if has_cel else None, n_t, motion,
+                                pixel_size_um, config))
     out = pd.DataFrame(rows, columns=list(ASSIGN_COLUMNS)).sort_values("track_id")
     return out.astype(ASSIGN_COLUMNS).reset_index(drop=True)
 
 
-def _fiber_cell(fib, f: int, p: np.ndarray, fiber_cell: dict, radius_px: float, geo=None):
+def _fiber_cell(lab: np.ndarray, f: int, p: np.ndarray, fiber_cell: dict, radius_px: float,
+                frame_geo=None):
     """(cell_id, distance px) of the nearest fiber within ``radius_px`` of ``p`` in frame
-    ``f``; cell_id -1 when that fiber is attached to no cell; None when there is no fiber.
-    With ``geo`` (:class:`_Geodesic`), the cell is the one reached first along the fiber."""
-    if geo is not None:
-        return geo.cell_at(f, p, radius_px)
-    near = _nearest_labels(fib(f), p, radius_px)
+    ``f`` (fiber labels ``lab``); cell_id -1 when that fiber is attached to no cell; None
+    when there is no fiber. With ``frame_geo`` (:func:`_geodesic` of that frame), the cell is
+    the one reached first along the fiber."""
+    if frame_geo is not None:
+        return _geodesic_cell_at(frame_geo, p, radius_px)
+    near = _nearest_labels(lab, p, radius_px)
     if not near:
         return None
     fiber_id, d = min(near.items(), key=lambda kv: kv[1])
     return fiber_cell.get((f, int(fiber_id)), -1), d
 
 
-def _last_cover(cel, pc, at, birth: int, n_t: int, radius_px: float, lookback: int):
+def _last_cover(cells_near, birth: int, n_t: int, radius_px: float, lookback: int):
     """(cell_id, frame) of the cell whose mask came within ``radius_px`` of the place most
     recently at or before ``birth`` (searching ``lookback`` frames back), else None."""
     for f in range(min(birth, n_t - 1), max(-1, birth - 1 - lookback), -1):
-        near = _nearest_labels(cel(f), at(pc, f), radius_px)
+        near = cells_near(f, radius_px)
         if near:
             return min(near.items(), key=lambda kv: (kv[1], kv[0]))[0], f
     return None
 
 
-def _assign_one(tid, birth, head_frames, pc, at, fib, cel, geo, n_t, fiber_cell, motion,
+def _assign_one(tid, birth, head_frames, pc, at, fiber_at, cells_near, n_t, motion,
                 pixel_size_um, config) -> tuple:
+    """One track's (track_id, cell_id, assign_reason, distance µm). ``fiber_at(f)`` answers
+    :func:`_fiber_cell` at the track's place in frame ``f`` (None: no fiber there, or no
+    fiber labels); ``cells_near(f, radius_px)`` the cells within that radius."""
     # Fiber vote. The fiber under the migrasome in its first frames, and in the few frames
     # before its first detection (a small migrasome is seen only after it has grown), votes
     # for the cell it is attached to, a closer fiber weighing more (weight 1 on the fiber,
@@ -386,13 +399,14 @@ def _assign_one(tid, birth, head_frames, pc, at, fib, cel, geo, n_t, fiber_cell,
     # keeps a single bad frame from deciding.
     votes: dict[int, float] = {}
     dist: dict[int, float] = {}
+    fib = fiber_at
     if fib is not None:
         r_fib = config.fiber_distance_um / pixel_size_um
         frames = [int(f) for f in head_frames]
         n_before = min(config.vote_frames, config.rear_lookback_frames)
         frames += [f for f in range(birth - 1, birth - 1 - n_before, -1) if f >= 0]
         for f in frames:
-            hit = _fiber_cell(fib, f, at(pc, f), fiber_cell, r_fib, geo)
+            hit = fiber_at(f)
             if hit is not None and hit[0] >= 0:
                 w = 1.0 / (1.0 + hit[1] / max(r_fib, 1e-9))
                 votes[hit[0]] = votes.get(hit[0], 0.0) + w
@@ -401,13 +415,13 @@ def _assign_one(tid, birth, head_frames, pc, at, fib, cel, geo, n_t, fiber_cell,
             # none in the window: the nearest earlier frame with an attached fiber there
             for f in range(birth - 1 - n_before,
                            max(-1, birth - 1 - config.rear_lookback_frames), -1):
-                hit = _fiber_cell(fib, f, at(pc, f), fiber_cell, r_fib, geo)
+                hit = fiber_at(f)
                 if hit is not None and hit[0] >= 0:
                     return tid, hit[0], "fiber_at_birth", hit[1] * pixel_size_um
     # Cover vote. A migrasome is left behind the rear of the cell that made it: that cell's
     # body was over the place shortly before the birth, then moved on.
-    if votes and cel is not None and config.cover_weight > 0:
-        cover = _last_cover(cel, pc, at, birth, n_t, config.cover_distance_um / pixel_size_um,
+    if votes and cells_near is not None and config.cover_weight > 0:
+        cover = _last_cover(cells_near, birth, n_t, config.cover_distance_um / pixel_size_um,
                             config.rear_lookback_frames)
         if cover is not None:
             votes[cover[0]] = votes.get(cover[0], 0.0) + config.cover_weight
@@ -417,7 +431,7 @@ def _assign_one(tid, birth, head_frames, pc, at, fib, cel, geo, n_t, fiber_cell,
         if cid in dist:
             return tid, cid, "fiber_at_birth", dist[cid] * pixel_size_um
         return tid, cid, "rear_path", 0.0
-    if cel is None:
+    if cells_near is None:
         return tid, -1, "cell_not_in_view", math.nan
     radius = config.rear_distance_um / pixel_size_um
     best: dict[int, float] = {}
@@ -425,7 +439,7 @@ def _assign_one(tid, birth, head_frames, pc, at, fib, cel, geo, n_t, fiber_cell,
     last = min(birth, n_t - 1)
     for f in range(max(0, birth - config.rear_lookback_frames), last + 1):
         p = at(pc, f)
-        for cid, d in _nearest_labels(cel(f), p, radius).items():
+        for cid, d in cells_near(f, radius).items():
             seen_any = True
             if d > 0 and (cid, f) in motion:
                 cy, cx, vy, vx = motion[(cid, f)]

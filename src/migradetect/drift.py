@@ -525,6 +525,8 @@ class PairRegistrar:
         """Register the pairs that the products handed over so far allow; drop old ones."""
         import dask
 
+        if self._next == 1 and 0 not in self._products:
+            return  # frame 0 has not arrived yet (frames may arrive in any order)
         end = self._next  # frames < end have all arrived (or were dropped once registered)
         while end < self.n_frames and end in self._products:
             end += 1

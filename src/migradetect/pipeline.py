@@ -422,15 +422,11 @@ def analyze_movie(
             n_frames, pixel_size_um=pixel_size_um, config=config.drift,
             compute=lambda tasks: list(dask.compute(*tasks, scheduler="sync")))
 
-    arrived = [0]
-
     def consume(_i: int, r: Any) -> Any:
         if registrar is None:
             return r
         registrar.add(r[0], r[5])
-        arrived[0] += 1
-        if arrived[0] % window == 0:
-            registrar.register()  # in this thread, while the workers go on with later frames
+        registrar.register()  # in this thread, while the workers go on with later frames
         return r[:5] + (None,)
 
     with _scheduler(client):
