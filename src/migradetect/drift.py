@@ -94,6 +94,7 @@ from skimage.transform import downscale_local_mean, resize
 
 from migradetect.errors import InputError
 from migradetect.params import param
+from migradetect.preprocess import _median
 
 log = logging.getLogger(__name__)
 
@@ -218,10 +219,29 @@ def _smooth_masked(img: np.ndarray, v: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def _block_mean(img: np.ndarray, k: int) -> np.ndarray:
+    """Mean of whole ``k`` x ``k`` blocks (a partial last row/column of blocks is dropped)."""
     if k == 1:
         return img
     ny, nx = img.shape[0] // k * k, img.shape[1] // k * k
-    return img[:ny, :nx].reshape(ny // k, k, nx // k, k).mean(axis=(1, 3), dtype=np.float32)
+    # a sum of k² strided views: several times faster than reshape(...).mean(axis=(1, 3))
+    out = np.zeros((ny // k, nx // k), dtype=np.float32)
+    for i in range(k):
+        for j in range(k):
+            out += img[i:ny:k, j:nx:k]
+    out *= np.float32(1.0 / (k * k))
+    return out
+
+
+def _block_any(mask: np.ndarray, k: int) -> np.ndarray:
+    """True where any pixel of a whole ``k`` x ``k`` block is True."""
+    if k == 1:
+        return mask
+    ny, nx = mask.shape[0] // k * k, mask.shape[1] // k * k
+    out = np.zeros((ny // k, nx // k), dtype=bool)
+    for i in range(k):
+        for j in range(k):
+            out |= mask[i:ny:k, j:nx:k]
+    return out
 
 
 def prepare_frame(
@@ -261,7 +281,7 @@ def prepare_frame(
         if cell.shape != img.shape:
             raise InputError(f"cell mask shape {cell.shape} differs from the frame {img.shape}.",
                              fix="pass the cell labels of the same frame.")
-        cell = _block_mean((cell > 0).astype(np.float32), k) > 0
+        cell = _block_any(cell > 0, k)
         if cell.any():
             margin = config.cell_margin_um / px
             valid = ndi.distance_transform_edt(~cell) > margin if margin > 0 else ~cell
@@ -273,7 +293,7 @@ def prepare_frame(
         b = ndi.gaussian_filter(b, sig_s)
     hp = b - _smooth_masked(b, valid.astype(np.float32), config.highpass_um / px)
     vals = hp[valid]
-    noise = 1.4826 * float(np.median(np.abs(vals - np.median(vals))))
+    noise = 1.4826 * _median(np.abs(vals - _median(vals)))
     if not noise > 0:
         noise = float(vals.std()) or 1.0
     out[valid] = np.clip(hp[valid] / noise, -6e4, 6e4)
