@@ -229,3 +229,17 @@ def test_write_experiment_without_movies_writes_headers(tmp_path):
     assert len(summary) == 0
     assert (exp / "summary.csv").read_text() == ",".join(schema.SUMMARY) + "\n"
     assert (exp / "growth_curves.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_qc_panels_are_block_reduced_keeping_thin_lines():
+    """Large frames are reduced before drawing (memory); a 1-px skeleton survives as 'any'."""
+    from migradetect.plots import _reduce
+
+    mask = np.zeros((2050, 2049), dtype=bool)
+    mask[1001, :] = True  # a 1-px horizontal line
+    small = _reduce(mask, 3, "any")
+    assert small.shape == (684, 683)
+    assert small[1001 // 3].all() and small.sum() == small.shape[1]
+    img = np.arange(16, dtype=np.float32).reshape(4, 4)
+    np.testing.assert_allclose(_reduce(img, 2, "mean"), [[2.5, 4.5], [10.5, 12.5]])
+    assert _reduce(img, 1, "mean") is img

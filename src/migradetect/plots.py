@@ -26,6 +26,9 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 _DPI = 100
+#: Longest side (px) of a qc panel's image: a panel is ~420 px wide at _DPI, so larger frames
+#: are block-reduced first (a 2048² frame drawn at full size made ~1 GiB of float RGBA copies).
+_QC_MAX_PX = 1024
 
 
 def _png(fig: Figure) -> bytes:
@@ -33,6 +36,21 @@ def _png(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=_DPI, metadata={"Software": None})
     return buf.getvalue()
+
+
+def _reduce(a: np.ndarray, step: int, how: str) -> np.ndarray:
+    """Block-reduce a 2-D array by ``step`` (edge-padded): ``mean`` (images) or ``any``
+    (masks: a 1-px outline or skeleton stays visible)."""
+    if step <= 1:
+        return a
+    ny, nx = a.shape
+    py, px = (-ny) % step, (-nx) % step
+    if py or px:
+        a = np.pad(a, ((0, py), (0, px)), mode="edge")
+    blocks = a.reshape(a.shape[0] // step, step, a.shape[1] // step, step)
+    if how == "any":
+        return blocks.any(axis=(1, 3))
+    return blocks.mean(axis=(1, 3), dtype=np.float32)
 
 
 def _display_range(image: np.ndarray) -> tuple[float, float]:
@@ -65,16 +83,22 @@ def qc_figure(results: Results, *, max_panels: int = 3) -> bytes:
             ax.set_title("no frames")
             continue
         t = frames[i]
-        image = np.asarray(results.qc_images[t], dtype=float)
+        full = np.asarray(results.qc_images[t])
+        ny, nx = full.shape
+        step = -(-max(ny, nx) // _QC_MAX_PX)
+        extent = (-0.5, nx - 0.5, ny - 0.5, -0.5)  # axes stay in full-frame pixels
+        image = _reduce(full.astype(np.float32, copy=False), step, "mean")
+        del full
         lo, hi = _display_range(image)
-        ax.imshow(image, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
-        overlay = np.zeros(image.shape + (4,), dtype=float)
+        ax.imshow(image, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest", extent=extent)
+        overlay = np.zeros(image.shape + (4,), dtype=np.uint8)
         if labels is not None:
-            cells = np.asarray(labels["cells"][t])
-            fibers = np.asarray(labels["fibers"][t])
-            overlay[find_boundaries(cells, mode="inner")] = (0.0, 1.0, 1.0, 0.9)
-            overlay[fibers > 0] = (1.0, 0.9, 0.0, 0.9)
-        ax.imshow(overlay, interpolation="nearest")
+            outline = _reduce(find_boundaries(np.asarray(labels["cells"][t]), mode="inner"),
+                              step, "any")
+            skeleton = _reduce(np.asarray(labels["fibers"][t]) > 0, step, "any")
+            overlay[outline] = (0, 255, 255, 230)
+            overlay[skeleton] = (255, 230, 0, 230)
+        ax.imshow(overlay, interpolation="nearest", extent=extent)
         n_det = 0
         if dets is not None and len(dets):
             d = dets[dets["frame"] == t]
