@@ -289,3 +289,15 @@ def test_ambiguous_repeated_structure_is_not_registered():
     b, _ = _render(pts, amps, (0, 3.0), seed=2)
     dy, dx, q = register_pair(a, b, pixel_size_um=PX)
     assert dx == pytest.approx(3.0, abs=0.1) and q > 0.5
+
+
+def test_dim_movie_uses_weaker_but_consistent_pairs():
+    """Every pair of a dim movie correlates weakly (0.1) but consistently: above the fallback
+    quality they are used (drift recovered), instead of leaving the drift at 0."""
+    n = 12
+    truth = np.column_stack([0.8 * np.arange(n), -0.5 * np.arange(n)])
+    edges = [(i, j, *(truth[j] - truth[i]), 0.1) for i, j in pair_list(n, config=DriftConfig())]
+    d = drift_from_edges(edges, n, config=DriftConfig())
+    assert np.hypot(d.dy_px - truth[:, 0], d.dx_px - truth[:, 1]).max() < 0.05
+    off = drift_from_edges(edges, n, config=DriftConfig(fallback_min_quality=0.2))
+    assert np.allclose(off[["dy_px", "dx_px"]].to_numpy(), 0.0)

@@ -130,6 +130,12 @@ class DriftConfig:
         help="frame pairs whose peak correlation is lower are unreliable and not used; "
              "frames without a reliable pair are interpolated",
     )
+    fallback_min_quality: float = param(
+        0.05, min=0.0, max=1.0,
+        help="used instead of min_quality when pairs above it reach fewer than half of the "
+             "frames: in a dim movie even right, significant peaks correlate weakly (the "
+             "noise dominates both frames); the significance and ambiguity tests still apply",
+    )
     min_significance: float = param(
         7.0, min=0.0, max=100.0,
         help="a correlation peak must stand this many noise units (1 / sqrt of the "
@@ -656,7 +662,9 @@ def drift_from_edges(edges: Any, n_frames: int, *,
                      config: DriftConfig | None = None) -> pd.DataFrame:
     """Cumulative drift from pair shifts ``[(i, j, dy, dx, quality), ...]`` (``D_j - D_i``).
 
-    Pairs with quality below ``min_quality`` (or NaN) are left out. The rest first give the
+    Pairs with quality below ``min_quality`` (or NaN) are left out (below
+    ``fallback_min_quality`` when the pairs above ``min_quality`` reach fewer than half of the
+    frames: a dim movie). The rest first give the
     consensus drift (:func:`_consensus_drift`, least absolute deviations): a pair more than
     ``OUTLIER_SCALE * consistency_px`` from it matched a wrong peak (moving structure, a
     repeated pattern) and is dropped. The rest are solved by
@@ -680,6 +688,14 @@ def drift_from_edges(edges: Any, n_frames: int, *,
     if n:
         quality[0] = 1.0
     good = arr[:, 4] >= config.min_quality
+    reached = np.zeros(n, dtype=bool)
+    reached[arr[good, 0].astype(np.int64)] = True
+    reached[arr[good, 1].astype(np.int64)] = True
+    if n >= 2 and reached.mean() < 0.5 and config.fallback_min_quality < config.min_quality:
+        log.info("drift: pairs of quality >= %.2f reach only %d of %d frames (a dim movie); "
+                 "using pairs down to %.2f", config.min_quality, int(reached.sum()), n,
+                 config.fallback_min_quality)
+        good = arr[:, 4] >= config.fallback_min_quality
     if n < 2:
         return pd.DataFrame({"frame": np.arange(n, dtype=np.int64), "dy_px": np.zeros(n),
                              "dx_px": np.zeros(n), "quality": quality,
