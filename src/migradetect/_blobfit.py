@@ -308,23 +308,29 @@ def _fit_group(profiles: np.ndarray, r: np.ndarray, weights: np.ndarray, psf_px:
     rmax = r[:, -1]
     sse = np.where(radii[None, :kc] * 1.1 + 2 * psf_px <= rmax[:, None], sse, np.inf)
     sse[:, 0] = np.where(np.isfinite(sse[:, 0]), sse[:, 0], var_y)
-    k = np.argmin(sse, axis=1)
-    # parabola through the SSE around the minimum, in grid-index space
-    kk = np.clip(k, 1, kc - 2)
+    k, radius = _best_radius(sse, radii, kc)
     rows = np.arange(n)
-    s0, s1, s2 = sse[rows, kk - 1], sse[rows, kk], sse[rows, kk + 1]
-    den = s0 - 2 * s1 + s2
-    ok = np.isfinite(den) & (den > 0) & (k == kk)
-    frac = np.where(ok, 0.5 * (s0 - s2) / np.where(ok, den, 1.0), 0.0)
-    frac = np.clip(frac, -0.5, 0.5)
-    kf = k + frac
-    radius = np.interp(kf, np.arange(len(radii)), radii)
     a = amp[rows, k]
     c = wy - a * mm[rows, k]
     peak = a * m[rows, k].max(axis=1)  # model maximum over the sampled radii
     peak = np.maximum(peak, a * table[k].max(axis=1))
     r2 = 1.0 - sse[rows, k] / np.maximum(var_y, 1e-30)
     return {"radius_px": radius, "amplitude": a, "offset": c, "peak": peak, "r2": r2}
+
+
+def _best_radius(sse: np.ndarray, radii: np.ndarray, kc: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``sse`` (n, kc): the grid index of the smallest error and the radius at the
+    minimum of a parabola through it and its two neighbours (grid-index space, within half a
+    step)."""
+    k = np.argmin(sse, axis=1)
+    kk = np.clip(k, 1, kc - 2)
+    rows = np.arange(sse.shape[0])
+    s0, s1, s2 = sse[rows, kk - 1], sse[rows, kk], sse[rows, kk + 1]
+    den = s0 - 2 * s1 + s2
+    ok = np.isfinite(den) & (den > 0) & (k == kk)
+    frac = np.where(ok, 0.5 * (s0 - s2) / np.where(ok, den, 1.0), 0.0)
+    frac = np.clip(frac, -0.5, 0.5)
+    return k, np.interp(k + frac, np.arange(len(radii)), radii)
 
 
 def _fit_group_shared(profiles: np.ndarray, r: np.ndarray, weights: np.ndarray,
@@ -356,15 +362,8 @@ def _fit_group_shared(profiles: np.ndarray, r: np.ndarray, weights: np.ndarray,
     sse = np.where(judged[None, :], sse, np.inf)
     if not judged[0]:
         sse[:, 0] = var_y
-    k = np.argmin(sse, axis=1)
-    kk = np.clip(k, 1, kc - 2)
+    k, radius = _best_radius(sse, radii, kc)
     rows = np.arange(n)
-    s0, s1, s2 = sse[rows, kk - 1], sse[rows, kk], sse[rows, kk + 1]
-    den = s0 - 2 * s1 + s2
-    ok = np.isfinite(den) & (den > 0) & (k == kk)
-    frac = np.where(ok, 0.5 * (s0 - s2) / np.where(ok, den, 1.0), 0.0)
-    frac = np.clip(frac, -0.5, 0.5)
-    radius = np.interp(k + frac, np.arange(len(radii)), radii)
     a = amp[rows, k]
     c = wy - a * mm[k]
     peak = np.maximum(a * m.max(axis=1)[k], a * table[:kc].max(axis=1)[k])

@@ -20,6 +20,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Circle
 from skimage.segmentation import find_boundaries
 
+from migradetect.preprocess import block_mean
+
 if TYPE_CHECKING:  # pragma: no cover
     from migradetect.pipeline import Results
 
@@ -43,14 +45,13 @@ def _reduce(a: np.ndarray, step: int, how: str) -> np.ndarray:
     (masks: a 1-px outline or skeleton stays visible)."""
     if step <= 1:
         return a
+    if how == "mean":
+        return block_mean(a, step)
     ny, nx = a.shape
     py, px = (-ny) % step, (-nx) % step
     if py or px:
         a = np.pad(a, ((0, py), (0, px)), mode="edge")
-    blocks = a.reshape(a.shape[0] // step, step, a.shape[1] // step, step)
-    if how == "any":
-        return blocks.any(axis=(1, 3))
-    return blocks.mean(axis=(1, 3), dtype=np.float32)
+    return a.reshape(a.shape[0] // step, step, a.shape[1] // step, step).any(axis=(1, 3))
 
 
 def _display_range(image: np.ndarray) -> tuple[float, float]:
