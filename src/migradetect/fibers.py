@@ -702,15 +702,21 @@ def _hysteresis(values: np.ndarray, low: float, seeds: np.ndarray, margin: int |
     if n:
         keep[lab[seeds]] = True
         keep[0] = False
-    out = keep[lab] if n else np.zeros(values.shape, dtype=bool)
     if margin is None:
-        return out
+        return keep[lab] if n else np.zeros(values.shape, dtype=bool)
+    if not n:
+        return np.zeros(values.shape, dtype=bool), []
+    # the pieces of the result are the kept pieces of the labelling; they are renumbered
+    # 1..m before find_objects, whose cost grows with the highest label (the noise above
+    # `low` makes tens of thousands of pieces in a 1024² frame: 70 ms vs 5 ms)
+    ids = np.cumsum(keep, dtype=np.int32)
+    ids[~keep] = 0
+    kept = ids[lab]
     ny, nx = values.shape
-    # the pieces of the result are the kept pieces of the labelling
     boxes = [(slice(max(a.start - margin, 0), min(a.stop + margin, ny)),
               slice(max(b.start - margin, 0), min(b.stop + margin, nx)))
-             for i, (a, b) in enumerate(ndi.find_objects(lab), start=1) if keep[i]] if n else []
-    return out, boxes
+             for a, b in ndi.find_objects(kept)]
+    return kept > 0, boxes
 
 
 def _junction_clusters(coords: np.ndarray, merge_px: float) -> np.ndarray:
