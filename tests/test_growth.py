@@ -121,3 +121,40 @@ def test_growth_time_from_fitted_onset_when_detected_late():
     late = fit_tracks(_track(d, first=13), frame_interval_s=DT, n_frames=60,
                       config=GrowthConfig(onset_min_r2=1.0)).iloc[0]
     assert late.growth_time_s < t90 - 2 * DT  # from the first detection: 3 frames short
+
+
+def test_moving_median_matches_pandas_rolling_median():
+    from migradetect.growth import _moving_median
+
+    rng = np.random.default_rng(3)
+    for window in range(1, 8):
+        for n in range(1, 12):
+            d = rng.normal(1.0, 0.3, n)
+            ref = pd.Series(d).rolling(window, center=True, min_periods=1).median().to_numpy()
+            np.testing.assert_allclose(_moving_median(d, window), ref, rtol=0, atol=1e-12)
+
+
+def test_saturating_jacobian_matches_finite_differences():
+    from migradetect.growth import _saturating, _saturating_jac
+
+    t = np.linspace(0.0, 1800.0, 25)
+    p = np.array([1.3, 240.0, 95.0])  # onset inside the range: both branches are used
+    jac = _saturating_jac(t, *p)
+    for k in range(3):
+        h = np.zeros(3)
+        h[k] = 1e-6 * max(1.0, abs(p[k]))
+        fd = (_saturating(t, *(p + h)) - _saturating(t, *(p - h))) / (2 * h[k])
+        keep = np.abs(t - p[2]) > 1.0  # the kink at the onset has no derivative
+        np.testing.assert_allclose(jac[keep, k], fd[keep], rtol=1e-5, atol=1e-9)
+
+
+def test_tracks_in_any_row_order_give_the_same_table():
+    d1 = 1.0 * (1 - np.exp(-np.arange(12) * DT / 120.0)) + 0.05
+    d2 = 1.6 * (1 - np.exp(-np.arange(9) * DT / 200.0)) + 0.05
+    tab = pd.concat([_track(d1, first=4).assign(track_id=7),
+                     _track(d2, first=2).assign(track_id=3)], ignore_index=True)
+    a = fit_tracks(tab, frame_interval_s=DT, n_frames=30)
+    b = fit_tracks(tab.sample(frac=1.0, random_state=0), frame_interval_s=DT, n_frames=30)
+    assert list(a.track_id) == [3, 7]
+    assert a.n_frames.tolist() == [9, 12] and a.first_frame.tolist() == [2, 4]
+    pd.testing.assert_frame_equal(a, b)

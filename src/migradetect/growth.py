@@ -46,6 +46,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from numpy.lib.stride_tricks import sliding_window_view
 from scipy.optimize import OptimizeWarning, curve_fit
 
 from migradetect import schema
@@ -100,6 +101,14 @@ def _saturating(t: np.ndarray, dp: float, tau: float, t0: float) -> np.ndarray:
     return dp * (1.0 - np.exp(-np.clip(t - t0, 0.0, None) / tau))
 
 
+def _saturating_jac(t: np.ndarray, dp: float, tau: float, t0: float) -> np.ndarray:
+    """Partial derivatives of :func:`_saturating` by (dp, tau, t0): given to the fit, it
+    saves the three extra model calls per step of a finite-difference Jacobian."""
+    u = np.clip(t - t0, 0.0, None)
+    e = np.exp(-u / tau)
+    return np.column_stack([1.0 - e, -dp * e * u / tau**2, np.where(u > 0, -dp * e / tau, 0.0)])
+
+
 def _fit(t: np.ndarray, d: np.ndarray, dt: float,
          d_max: float) -> tuple[float, float, float, float]:
     """Bounded saturating fit; (dp, tau, r2, t0) or NaNs when it fails."""
@@ -110,7 +119,8 @@ def _fit(t: np.ndarray, d: np.ndarray, dt: float,
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", OptimizeWarning)
-            popt, _ = curve_fit(_saturating, t, d, p0=p0, bounds=(lo, hi), maxfev=2000)
+            popt, _ = curve_fit(_saturating, t, d, p0=p0, bounds=(lo, hi), maxfev=2000,
+                                jac=_saturating_jac)
     except (RuntimeError, ValueError):
         return math.nan, math.nan, math.nan, math.nan
     resid = d - _saturating(t, *popt)
@@ -119,12 +129,26 @@ def _fit(t: np.ndarray, d: np.ndarray, dt: float,
     return float(popt[0]), float(popt[1]), r2, float(popt[2])
 
 
+def _moving_median(d: np.ndarray, window: int) -> np.ndarray:
+    """Centred moving median over ``window`` values, fewer at the ends (as pandas'
+    ``rolling(window, center=True, min_periods=1).median()``)."""
+    if window <= 1 or len(d) <= 1:
+        return d.copy()
+    lo = window // 2
+    pad = np.concatenate([np.full(lo, np.nan), d, np.full(window - 1 - lo, np.nan)])
+    return np.nanmedian(sliding_window_view(pad, window), axis=1)
+
+
+def _nanmedian(v: np.ndarray) -> float:
+    v = v[np.isfinite(v)]
+    return float(np.median(v)) if len(v) else math.nan
+
+
 def _one_track(
-    g: pd.DataFrame, dt: float, n_frames: int, config: GrowthConfig, pixel_size_um: float | None
+    frames: np.ndarray, d: np.ndarray, yx_um: tuple[np.ndarray | None, np.ndarray | None],
+    intensity: np.ndarray | None, dt: float, n_frames: int, config: GrowthConfig,
 ) -> dict:
-    g = g.sort_values("frame", kind="stable")
-    frames = g["frame"].to_numpy(np.int64)
-    d = g["diameter_um"].to_numpy(np.float64)
+    """One track's row; its arrays sorted by frame (``yx_um``: µm positions or None)."""
     first, last = int(frames[0]), int(frames[-1])
     n = len(frames)
     row: dict = {
@@ -133,17 +157,12 @@ def _one_track(
         "born_before_start": first == 0,
         "short_track": n < config.min_track_frames,
     }
-    for col, px in (("y_um", "y_px"), ("x_um", "x_px")):
-        if col in g and g[col].notna().any():
-            row[col] = float(g[col].median())
-        elif pixel_size_um is not None and px in g:
-            row[col] = float(g[px].median()) * pixel_size_um
-        else:
-            row[col] = math.nan
-    icol = "intensity_integrated_corrected"
-    if icol not in g or g[icol].isna().all():
-        icol = "intensity_integrated"
-    row["intensity_integrated_max"] = float(g[icol].max()) if icol in g else math.nan
+    for col, v in zip(("y_um", "x_um"), yx_um, strict=True):
+        row[col] = math.nan if v is None else _nanmedian(v)
+    if intensity is None or not np.isfinite(intensity).any():
+        row["intensity_integrated_max"] = math.nan
+    else:
+        row["intensity_integrated_max"] = float(np.nanmax(intensity))
 
     ok = np.isfinite(d)
     frames, d = frames[ok], d[ok]
@@ -154,8 +173,7 @@ def _one_track(
     row["growing_at_end"] = False
     if n_frames <= 1 or len(d) == 0:
         return row
-    s = (pd.Series(d).rolling(config.smoothing_frames, center=True, min_periods=1)
-         .median().to_numpy())
+    s = _moving_median(d, config.smoothing_frames)
     d_max = float(s.max())
     level = config.plateau_fraction * d_max
     i90 = int(np.argmax(s >= level))
@@ -232,9 +250,33 @@ def fit_tracks(
                          fix="give the movie's frame interval in seconds.")
     if len(migrasomes) == 0:
         return schema.empty(GROWTH_COLUMNS)
+    # one sort and plain arrays per track (a pandas group per track cost more than its fit)
+    order = np.lexsort((migrasomes["frame"].to_numpy(), migrasomes["track_id"].to_numpy()))
+    m = migrasomes.iloc[order]
+    tids = m["track_id"].to_numpy(np.int64)
+    frames = m["frame"].to_numpy(np.int64)
+    diam = m["diameter_um"].to_numpy(np.float64)
+    pos: list[np.ndarray | None] = []
+    for col, px in (("y_um", "y_px"), ("x_um", "x_px")):
+        if col in m and m[col].notna().any():
+            pos.append(m[col].to_numpy(np.float64))
+        elif pixel_size_um is not None and px in m:
+            pos.append(m[px].to_numpy(np.float64) * pixel_size_um)
+        else:
+            pos.append(None)
+    icol = "intensity_integrated_corrected"
+    if icol not in m or m[icol].isna().all():
+        icol = "intensity_integrated"
+    inten = m[icol].to_numpy(np.float64) if icol in m else None
+    starts = np.flatnonzero(np.r_[True, tids[1:] != tids[:-1]])
+    stops = np.r_[starts[1:], len(tids)]
     rows = []
-    for tid, g in migrasomes.groupby("track_id", sort=True):
-        row = _one_track(g, float(frame_interval_s), int(n_frames), config, pixel_size_um)
-        row["track_id"] = int(tid)
+    for a, b in zip(starts, stops, strict=True):
+        sl = slice(a, b)
+        row = _one_track(frames[sl], diam[sl],
+                         tuple(None if v is None else v[sl] for v in pos),
+                         None if inten is None else inten[sl],
+                         float(frame_interval_s), int(n_frames), config)
+        row["track_id"] = int(tids[a])
         rows.append(row)
     return schema.conform(pd.DataFrame(rows), GROWTH_COLUMNS)
