@@ -1,0 +1,50 @@
+"""The compiled masked correlation against a plain numpy statement of its definition."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from migradetect._ncc import masked_ncc
+
+
+def _reference(a, b, ma, mb, dy, dx):
+    """Pearson correlation of a(x) and b(x + d) over the x valid in both (by definition)."""
+    ny, nx = a.shape
+    va, vb = [], []
+    for y in range(ny):
+        for x in range(nx):
+            y2, x2 = y + dy, x + dx
+            if 0 <= y2 < ny and 0 <= x2 < nx and ma[y, x] and mb[y2, x2]:
+                va.append(a[y, x])
+                vb.append(b[y2, x2])
+    if len(va) < 16:
+        return math.nan, len(va)
+    return float(np.corrcoef(np.float64(va), np.float64(vb))[0, 1]), len(va)
+
+
+@pytest.mark.parametrize("shift", [(0, 0), (2, -3), (-4, 5), (9, 9)])
+def test_masked_ncc_matches_the_definition(shift):
+    rng = np.random.default_rng(7)
+    base = rng.standard_normal((40, 48)).astype(np.float32)
+    a = base
+    b = np.roll(base, (2, -3), axis=(0, 1)) + 0.3 * rng.standard_normal(base.shape).astype(np.float32)
+    ma, mb = rng.random(a.shape) > 0.25, rng.random(a.shape) > 0.35
+    a0, b0 = np.where(ma, a, 0).astype(np.float32), np.where(mb, b, 0).astype(np.float32)
+    q, n = masked_ncc(a0, b0, ma.astype(np.float32), mb.astype(np.float32), *shift)
+    q_ref, n_ref = _reference(a, b, ma, mb, *shift)
+    assert n == n_ref
+    assert q == pytest.approx(q_ref, abs=1e-6)  # float32 products
+    if shift == (2, -3):  # the true shift: strongly correlated
+        assert q > 0.9
+
+
+def test_masked_ncc_too_little_overlap_is_nan():
+    a = np.ones((10, 10), np.float32)
+    f = np.ones((10, 10), np.float32)
+    q, n = masked_ncc(a, a, f, f, 8, 8)  # 2 x 2 pixels overlap
+    assert math.isnan(q) and n == 4
+    q, n = masked_ncc(a, a, f, f, 0, 0)  # constant: no correlation defined
+    assert math.isnan(q) and n == 100
