@@ -2,7 +2,8 @@
 
 Usage::
 
-    python benchmarks/bench_segmentation.py [--quick] [--seeds N] [--out PATH]
+    python benchmarks/bench_segmentation.py [--quick] [--seeds N] [--first-seed S]
+        [--n-cells K] [--out PATH]
 
 For both presets (``tspan4_gfp``, ``wga``, each analysed with its shipped preset config) x SNR
 ``high``/``medium``/``low`` x sparse/crowded scenes, movies are simulated on MEASURING seeds
@@ -19,6 +20,13 @@ For both presets (``tspan4_gfp``, ``wga``, each analysed with its shipped preset
   is the precision over predicted pixels outside the same zone;
 - cell IoU (``evaluate.cell_iou``: per frame, true cells matched one-to-one to predicted
   labels, mean matched IoU over true cell-frames, 0 for a missed cell);
+- cell OBJECT errors, which the IoU hides (:func:`object_scores`, per true cell-frame and
+  predicted label-frame): ``matched`` (true cells matched one-to-one to a label at IoU
+  >= 0.5), ``merges`` (labels covering >= 2 true cells by >= 30 % of each: touching cells
+  glued), ``splits`` (true cells of which >= 2 labels, each lying mostly (>= 50 %) inside
+  it, cover >= 20 % each), ``false_cells`` (labels lying mostly (> 50 %) outside every true
+  cell: debris, fans of fibers, migrasome swarms), ``missed`` (true cells less than 30 %
+  covered by any label);
 - CPU time per 1024 x 1024 frame (``time.process_time`` after a warm-up) of
   subtract_background + segment_cells + segment_fibers.
 
@@ -36,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
+from scipy.optimize import linear_sum_assignment
 
 from migradetect.cells import segment_cells
 from migradetect.config import load_config
@@ -49,6 +58,56 @@ SNRS = ("high", "medium", "low")
 TARGETS = {"fiber_recall": 0.9, "fiber_precision": 0.9, "cell_iou": 0.9}
 #: Margin (µm) around the true cell bodies where fiber pixels are not scored.
 CELL_MARGIN_UM = 1.0
+
+
+#: Object-level criteria (see the module docstring).
+MATCH_IOU, MERGE_COVER, SPLIT_COVER, INSIDE, MISS_COVER = 0.5, 0.3, 0.2, 0.5, 0.3
+OBJECT_KEYS = ("n_true", "n_pred", "matched", "merges", "splits", "false_cells", "missed")
+
+
+def object_scores(true_labels: np.ndarray, pred_labels: np.ndarray) -> dict[str, int]:
+    """Object-level errors of a cell segmentation, summed over frames.
+
+    ``true_labels``, ``pred_labels``: ``(Y, X)`` or ``(T, Y, X)`` integer labels. Each frame
+    is scored on its own (ids need not agree over time). Returns counts: ``n_true`` (true
+    cell-frames), ``n_pred`` (predicted label-frames), ``matched``, ``merges``, ``splits``,
+    ``false_cells``, ``missed`` (criteria in the module docstring).
+    """
+    t_all, p_all = np.asarray(true_labels), np.asarray(pred_labels)
+    if t_all.ndim == 2:
+        t_all, p_all = t_all[None], p_all[None]
+    out = dict.fromkeys(OBJECT_KEYS, 0)
+    for t, p in zip(t_all, p_all):
+        ids_t, inv_t = np.unique(t, return_inverse=True)
+        ids_p, inv_p = np.unique(p, return_inverse=True)
+        # contingency table, row/column 0 = background where the ids include 0
+        ov = np.bincount(inv_t.ravel() * ids_p.size + inv_p.ravel(),
+                         minlength=ids_t.size * ids_p.size).reshape(ids_t.size, ids_p.size)
+        # areas from the full labels, then the overlaps of cells only (id 0: background)
+        area_t = ov[ids_t > 0].sum(axis=1).astype(float)
+        area_p = ov[:, ids_p > 0].sum(axis=0).astype(float)
+        ov = ov[ids_t > 0][:, ids_p > 0].astype(float)
+        nt, npred = area_t.size, area_p.size
+        out["n_true"] += nt
+        out["n_pred"] += npred
+        if nt == 0:
+            out["false_cells"] += npred
+            continue
+        if npred == 0:
+            out["missed"] += nt
+            continue
+        iou = ov / (area_t[:, None] + area_p[None, :] - ov)
+        # IoU > 0.5 is one-to-one by itself; at exactly 0.5 the best pairs are kept
+        r, c = linear_sum_assignment(iou, maximize=True)
+        out["matched"] += int(np.sum(iou[r, c] >= MATCH_IOU))
+        cover_t = ov / area_t[:, None]  # fraction of each true cell in each label
+        inside_p = ov / area_p[None, :]  # fraction of each label in each true cell
+        out["merges"] += int(np.sum((cover_t >= MERGE_COVER).sum(axis=0) >= 2))
+        out["splits"] += int(np.sum(((cover_t >= SPLIT_COVER) & (inside_p >= INSIDE))
+                                    .sum(axis=1) >= 2))
+        out["false_cells"] += int(np.sum(inside_p.sum(axis=0) < INSIDE))
+        out["missed"] += int(np.sum(cover_t.sum(axis=1) < MISS_COVER))
+    return out
 
 
 def segment_movie(image: np.ndarray, preset: str, pixel_size_um: float):
@@ -66,12 +125,12 @@ def segment_movie(image: np.ndarray, preset: str, pixel_size_um: float):
 
 
 def score_case(preset: str, snr: str, crowded: bool, seeds: list[int], n_frames: int,
-               size: int) -> dict:
+               size: int, n_cells: int = 3) -> dict:
     hit = {"cells_true": [], "cells_pred": [], "fib_true": [], "fib_pred": [], "fib_ex": []}
     measured = []
     for seed in seeds:
         sim = simulate(preset=preset, seed=seed, size=size, n_frames=n_frames, snr=snr,
-                       crowded=crowded)
+                       crowded=crowded, n_cells=n_cells)
         image = sim.image[:, 0]
         cells, fibers = segment_movie(image, preset, sim.pixel_size_um)
         hit["cells_true"].append(sim.cell_labels)
@@ -88,6 +147,7 @@ def score_case(preset: str, snr: str, crowded: bool, seeds: list[int], n_frames:
     fs_all = fiber_scores(np.concatenate(hit["fib_true"]), np.concatenate(hit["fib_pred"]),
                           tolerance_px=2.0)
     ci = cell_iou(np.concatenate(hit["cells_true"]), np.concatenate(hit["cells_pred"]))
+    obj = object_scores(np.concatenate(hit["cells_true"]), np.concatenate(hit["cells_pred"]))
 
     def med(key):
         vals = [m.get(key) for m in measured if m.get(key) is not None]
@@ -96,12 +156,13 @@ def score_case(preset: str, snr: str, crowded: bool, seeds: list[int], n_frames:
 
     return {
         "preset": preset, "snr": snr, "crowded": crowded, "seeds": seeds,
-        "n_frames": n_frames, "size": size,
+        "n_frames": n_frames, "size": size, "n_cells": n_cells,
         "fiber_recall": fs["recall"], "fiber_precision": fs_all["precision"],
         "fiber_true_px": fs["n_true_px"], "fiber_pred_px": fs_all["n_pred_px"],
         "fiber_recall_all": fs_all["recall"], "fiber_precision_outside": fs["precision"],
         "cell_iou": ci["cell_iou_mean"], "cell_foreground_iou": ci["foreground_iou"],
         "n_true_cell_frames": ci["n_true_cell_frames"],
+        **{f"cells_{k}": v for k, v in obj.items()},
         "snr_fibers_measured": med("fibers_all"), "snr_cells_measured": med("cells"),
     }
 
@@ -139,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="first seed (>= 1000 to measure; 0-99 only for tuning)")
     parser.add_argument("--frames", type=int, default=4)
     parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--n-cells", type=int, default=3,
+                        help="cells per movie (e.g. 6 in 512²: dense, often touching cells)")
     parser.add_argument("--out", type=Path,
                         default=Path(__file__).parent / "results" / "segmentation.json")
     args = parser.parse_args(argv)
@@ -148,13 +211,17 @@ def main(argv: list[str] | None = None) -> int:
     for preset in PRESETS:
         for snr in SNRS:
             for crowded in (False, True):
-                row = score_case(preset, snr, crowded, seeds, n_frames, args.size)
+                row = score_case(preset, snr, crowded, seeds, n_frames, args.size,
+                                 args.n_cells)
                 rows.append(row)
                 print(f"{preset:11s} {snr:6s} {'crowded' if crowded else 'sparse':7s} "
                       f"fiber R {row['fiber_recall']:.3f} P {row['fiber_precision']:.3f} "
                       f"(recall over all true px {row['fiber_recall_all']:.3f}, precision "
                       f"outside cells {row['fiber_precision_outside']:.3f})  "
-                      f"cell IoU {row['cell_iou']:.3f}  "
+                      f"cell IoU {row['cell_iou']:.3f} objects {row['cells_matched']}/"
+                      f"{row['cells_n_true']} matched, {row['cells_merges']} merged, "
+                      f"{row['cells_splits']} split, {row['cells_false_cells']} false, "
+                      f"{row['cells_missed']} missed  "
                       f"(SNR fibers {row['snr_fibers_measured']:.2f}, cells "
                       f"{row['snr_cells_measured']:.2f})", flush=True)
     timing = [time_per_frame(p, args.first_seed, 3 if args.quick else 5) for p in PRESETS]
@@ -173,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         print("  " + m)
     result = {
         "benchmark": "segmentation", "quick": args.quick, "seeds": seeds, "frames": n_frames,
-        "size": args.size, "targets": TARGETS, "cases": rows, "timing_1024": timing,
+        "size": args.size, "n_cells": args.n_cells, "targets": TARGETS, "cases": rows,
+        "timing_1024": timing,
         "misses": misses, "python": sys.version.split()[0], "machine": platform.machine(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from migradetect.cells import CellConfig, segment_cells, segment_cells_stack
+from migradetect.config import load_config
 from migradetect.errors import ConfigError, InputError
 
 PX = 0.25  # µm per pixel
@@ -266,3 +267,83 @@ def test_label_percentile_and_plane_helpers():
     yy, xx = np.mgrid[:60, :80]
     plane = (5.0 + 0.3 * yy - 0.2 * xx).astype(np.float32)
     np.testing.assert_allclose(C._plane(plane, rng.random(plane.shape) > 0.5), plane, atol=1e-3)
+
+
+def test_cells_joined_by_a_neck_the_coarse_grid_fills_are_split():
+    # a narrow cell (3.5 µm half-width) end to end with a round one, joined by a 3 µm wide,
+    # 1 µm long bridge: the coarse grid's smoothing fills the neck (no constriction for its
+    # distance-transform split), the fine grid's opening cuts it
+    shape = (320, 200)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    big = disk(shape, 220, 100, 9.0)
+    top = 220 - 19.0 / PX
+    narrow = ((yy - top) / (9.0 / PX)) ** 2 + ((xx - 100) / (3.5 / PX)) ** 2 <= 1
+    bridge = (np.abs(xx - 100) <= 1.5 / PX) & (yy > top) & (yy < 220)
+    frame = render(30.0 * (big | narrow | bridge), seed=2)
+    labels = segment_cells(frame, pixel_size_um=PX, config=CFG, marker="tspan4_gfp")
+    assert labels.max() == 2
+    assert labels[int(top), 100] != labels[220, 100]
+    assert best_iou(labels, narrow) >= 0.9 and best_iou(labels, big) >= 0.9
+
+
+@pytest.mark.parametrize("seed", [0, 1, 3])
+def test_dim_cell_under_a_swarm_of_migrasomes_is_one_cell(seed):
+    # a dim cell (12 counts over background, noise 5) with 25 bright migrasomes (200)
+    # scattered over and around its upper end: still one cell, not cut or lost
+    shape = (240, 240)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    cell = ((yy - 120) / (10 / PX)) ** 2 + ((xx - 120) / (7 / PX)) ** 2 <= 1
+    rng = np.random.default_rng(seed)
+    signal = 12.0 * cell
+    for _ in range(25):
+        cy, cx = 120 - 10 / PX + rng.normal(0, 3.0 / PX), 120 + rng.normal(0, 4.0 / PX)
+        signal = signal + 200.0 * disk(shape, cy, cx, rng.uniform(0.3, 0.7))
+    frame = render(signal, seed=seed)
+    labels = segment_cells(frame, pixel_size_um=PX, config=load_config("tspan4_gfp").cells,
+                           marker="tspan4_gfp")
+    assert labels.max() == 1
+    assert iou(labels > 0, cell) >= 0.8
+
+
+def test_tspan4_preset_edge_is_at_a_thin_lamella_footprint():
+    # a cell thinning towards its edge: a step to 45 % of the interior level at the outline
+    # (9 µm), then a ramp over 2.5 µm to the plateau. The preset's edge fraction (0.4)
+    # puts the edge at the footprint; the half-height of the plateau lies inside the ramp
+    shape = (200, 200)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    depth = 9.0 - np.hypot(yy - 100, xx - 100) * PX  # µm inside the outline
+    signal = np.where(depth >= 0, 30.0 * np.clip(0.45 + 0.55 * depth / 2.5, 0, 1), 0.0)
+    frame = render(signal, seed=5)
+    cell = depth >= 0
+    preset = segment_cells(frame, pixel_size_um=PX, config=load_config("tspan4_gfp").cells)
+    half = segment_cells(frame, pixel_size_um=PX, config=CellConfig(edge_fraction=0.5))
+    assert preset.max() == 1 and half.max() == 1
+    assert iou(preset > 0, cell) >= 0.93
+    assert iou(preset > 0, cell) > iou(half > 0, cell) + 0.02
+
+
+def test_benchmark_object_scores_on_hand_made_labels():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bench_segmentation import object_scores
+
+    truth = np.zeros((60, 100), np.int32)
+    truth[5:25, 5:25] = 1  # matched
+    truth[5:25, 30:50] = 2  # glued to 3 below
+    truth[5:25, 50:70] = 3
+    truth[30:55, 5:45] = 4  # split in two halves
+    truth[30:50, 60:80] = 5  # missed
+    pred = np.zeros_like(truth)
+    pred[6:25, 5:25] = 7
+    pred[4:26, 29:71] = 2  # IoU 0.43 with each
+    pred[30:55, 5:23] = 3
+    pred[30:55, 23:45] = 9
+    pred[50:58, 85:95] = 4  # debris
+    s = object_scores(truth, pred)
+    # matched: cell 1 and the larger half (IoU 0.55) of cell 4
+    assert s == {"n_true": 5, "n_pred": 5, "matched": 2, "merges": 1, "splits": 1,
+                 "false_cells": 1, "missed": 1}
+    s2 = object_scores(np.stack([truth, truth]), np.stack([pred, truth]))
+    assert s2["n_true"] == 10 and s2["matched"] == 7 and s2["merges"] == 1

@@ -18,6 +18,8 @@ Cells are large (15-40 µm) and dim compared with migrasomes, so they are found 
    edge of a blurred filled object lies at half its height, whatever the blur) or, for a
    membrane stain, the bright rim's level when higher. Smoothing grows automatically when
    the noise would move the edge. Attachments narrower than ~1 µm are cut by an opening.
+   A cell that this leaves in two pieces, each with a cell's area and core (two cells
+   touching at a point, a neck the coarse grid's smoothing filled), becomes two cells.
    This step runs only in crops around each group of cells (cells cover a fraction of most
    frames), and the labels are written to the full-resolution frame from those crops.
 
@@ -36,6 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
+from skimage.measure import label as label_regions  # connected regions of equal value
 from skimage.segmentation import watershed
 
 from migradetect.errors import ConfigError, InputError
@@ -533,15 +536,18 @@ def segment_cells(frame: np.ndarray, *, pixel_size_um: float, config: CellConfig
     fny, fnx = fine_raw.shape
     cny, cnx = coarse.shape
     pieces = []
+    next_id = nid + 1  # ids for cells that the fine grid splits off
     for g, sl in enumerate(ndi.find_objects(groups), start=1):
         y0, y1 = max(sl[0].start - margin, 0), min(sl[0].stop + margin, cny)
         x0, x1 = max(sl[1].start - margin, 0), min(sl[1].stop + margin, cnx)
         csl = (slice(y0, y1), slice(x0, x1))
         fsl = (slice(y0 * ratio, min(y1 * ratio, fny)), slice(x0 * ratio, min(x1 * ratio, fnx)))
         mine = groups[csl] == g
-        lab = _refine(fine_raw[fsl], bg[csl], np.where(mine, coarse[csl], 0),
-                      np.where(mine, grown[csl], 0), level, sigma_f, ratio, fpx, config, marker)
+        lab, next_id = _refine(fine_raw[fsl], bg[csl], np.where(mine, coarse[csl], 0),
+                               np.where(mine, grown[csl], 0), level, sigma_f, ratio, fpx,
+                               config, marker, next_id)
         pieces.append((fsl, lab))
+    nid = next_id - 1
     # min area, then labels 1..n in raster order of each cell's first pixel
     min_px = max(config.min_area_um2 / (fpx * fpx), 1)
     area = np.zeros(nid + 1, dtype=np.int64)
@@ -573,13 +579,15 @@ def segment_cells(frame: np.ndarray, *, pixel_size_um: float, config: CellConfig
 
 def _refine(fine_raw: np.ndarray, bg: np.ndarray, coarse: np.ndarray, grown: np.ndarray,
             level: np.ndarray, sigma_f: float, ratio: int, fpx: float, config: CellConfig,
-            marker: str) -> np.ndarray:
+            marker: str, next_id: int) -> tuple[np.ndarray, int]:
     """Edges of one group of cells on the fine grid (arrays cropped around the group).
 
     ``fine_raw``: block means on the fine grid; ``bg``, ``coarse``, ``grown``: the linear
     background, the coarse labels and the same grown by 2 coarse pixels (coarse grid);
     ``level``: each cell's interior level above background (indexed by label - 1). Returns
-    the fine-grid labels (same ids as ``coarse``).
+    the fine-grid labels (the ids of ``coarse``; a cell that the fine grid finds in two
+    cell-sized pieces gets ids from ``next_id`` on for the extra pieces) and the next
+    unused id.
     """
     nid = len(level)
     fine = ndi.gaussian_filter(fine_raw, sigma_f, mode="nearest")
@@ -601,10 +609,12 @@ def _refine(fine_raw: np.ndarray, bg: np.ndarray, coarse: np.ndarray, grown: np.
     # cell), on the coarse grid (cheap for a disk this size); the opened mask, grown by one
     # coarse pixel, only cuts: the edges stay where the fine grid placed them
     r_open = config.open_radius_um / (fpx * ratio)
+    relabel = None
     if r_open >= 0.5:
         cmask = block_mean(mask.astype(np.float32), ratio) >= 0.5 if ratio > 1 else mask
         r = max(1, int(round(r_open)))  # an octagon of this radius, close to a disk
         cmask = _dilate(_erode(cmask, r, alternate=True), r, alternate=True)
+        relabel, next_id = _split_pieces(cmask, grown, fpx * ratio, config, next_id)
         cmask = _dilate(cmask, square=True)
         mask &= upsample(cmask, ratio, fshape, order=0)
     lab_f = np.where(mask, lab_f, 0)
@@ -618,7 +628,67 @@ def _refine(fine_raw: np.ndarray, bg: np.ndarray, coarse: np.ndarray, grown: np.
     owner[comp[(core > 0) & mask]] = True
     owner[0] = False
     lab_f[~owner[comp]] = 0
-    return lab_f
+    if relabel is not None:  # cells that the opening cut in two
+        new = upsample(relabel, ratio, fshape, order=0)
+        lab_f = np.where((new > 0) & (lab_f > 0), new, lab_f)
+    # cells whose placed edges leave them in two cell-sized pieces
+    relabel, next_id = _split_pieces(lab_f > 0, lab_f, fpx, config, next_id)
+    if relabel is not None:
+        lab_f = np.where(relabel > 0, relabel, lab_f)
+    return lab_f, next_id
+
+
+def _split_pieces(opened: np.ndarray, grown: np.ndarray, cpx: float, config: CellConfig,
+                  next_id: int) -> tuple[np.ndarray | None, int]:
+    """Cells that the fine grid finds in two (or more) cell-sized pieces.
+
+    The coarse detection (0.6 µm pixels, smoothed by 1 µm) fills a neck of a few µm between
+    two cells that touch at a point, and its distance-transform split sees no constriction;
+    on the fine grid the opening by ``open_radius_um`` (or the edge placement itself) cuts
+    such a neck. Two pieces that each have the area and the core (a point
+    ``min_half_width_um`` from its edge) of a cell are two cells. ``opened``: the mask
+    (opened, or the final one); ``grown``: the labels (same grid, pixel size ``cpx`` µm).
+    Returns a map of the new ids over the split cells (0 elsewhere: labels unchanged; None
+    when nothing is split; each pixel of a split cell takes the id of the nearest piece, the
+    largest piece keeping the cell's id) and the next unused id.
+    """
+    regions, nr = label_regions(np.where(opened, grown, 0), background=0, connectivity=1,
+                                return_num=True)
+    if nr <= 1:
+        return None, next_id
+    parent = np.zeros(nr + 1, dtype=np.int64)
+    parent[regions.ravel()] = grown.ravel()
+    parent[0] = 0
+    area = np.bincount(regions.ravel(), minlength=nr + 1)
+    big = (area >= config.min_area_um2 / (cpx * cpx)) & (parent > 0)
+    count = np.bincount(parent[big], minlength=int(grown.max()) + 1)
+    if not (count >= 2).any():
+        return None, next_id
+    # the core of each piece on its own (a pixel next to another piece is not inside it)
+    inside = regions > 0
+    inside[:-1] &= regions[:-1] == regions[1:]
+    inside[1:] &= regions[1:] == regions[:-1]
+    inside[:, :-1] &= regions[:, :-1] == regions[:, 1:]
+    inside[:, 1:] &= regions[:, 1:] == regions[:, :-1]
+    r_core = max(0, int(np.ceil(config.min_half_width_um / cpx)) - 1)
+    core = _erode(inside, r_core, alternate=True) if r_core > 0 else inside
+    has_core = np.bincount(regions[core], minlength=nr + 1) > 0
+    cand = np.flatnonzero(big & has_core)
+    split = [pid for pid in np.unique(parent[cand]) if np.sum(parent[cand] == pid) >= 2]
+    if not split:
+        return None, next_id
+    seed_id = np.zeros(nr + 1, dtype=np.int64)
+    for pid in split:
+        mine = cand[parent[cand] == pid]
+        mine = mine[np.argsort(-area[mine], kind="stable")]
+        seed_id[mine[0]] = pid
+        for r in mine[1:]:
+            seed_id[r] = next_id
+            next_id += 1
+    seeds = seed_id[regions]
+    _, (iy, ix) = ndi.distance_transform_edt(seeds == 0, return_indices=True)
+    nearest = seeds[iy, ix]
+    return np.where(np.isin(grown, split), nearest, 0), next_id
 
 
 #: How far inside the threshold contour a membrane stain's rim crest is looked for (µm).
