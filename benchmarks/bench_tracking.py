@@ -23,6 +23,13 @@ Run with ``OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1`` for comparable CPU times. ``-
 high,medium,low`` repeats the 8 conditions at each simulator SNR preset (default: high only);
 the per-cell count error and the numbers of growth pairs left out per flag are reported too.
 
+``--breakdown`` (end-to-end) prints, per true cell with migrasomes, where its count error
+comes from (:func:`count_breakdown`: glued cells, wrong-cell assignment, fragments, spurious
+tracks, uncounted or unlinked true tracks) and the sums per movie. ``--first-seed`` picks the
+first simulator seed: tune on seeds 0-99 (a tuning run writes no results file, except into
+its ``--keep`` folder), measure on seeds >= 1000 (the default). ``--keep DIR`` keeps the
+movies and result folders.
+
 Run: ``python benchmarks/bench_tracking.py [--seeds 2] [--size 384] [--frames 60] [--e2e]``;
 prints a table and writes ``benchmarks/results/tracking.json`` (``tracking_e2e.json``).
 """
@@ -232,6 +239,10 @@ def run_e2e(preset: str, seed: int, crowded: bool, drift: bool, args, workdir: P
     sim = simulate(preset=preset, seed=seed, size=args.size, n_frames=args.frames,
                    n_cells=args.cells, drift=drift, crowded=crowded, snr=snr)
     folder = workdir / f"{preset}_{seed}_{int(crowded)}_{int(drift)}_{snr}"
+    if folder.exists():  # a kept folder (--keep) of an earlier run
+        import shutil
+
+        shutil.rmtree(folder)
     write_simulation(sim, folder, fmt="ome")
     true_drift = sim.truth["drift"]
     n_vis = sim.truth["migrasomes"].loc[lambda d: d["visible"].astype(bool)].groupby("frame").size()
@@ -262,23 +273,149 @@ def run_e2e(preset: str, seed: int, crowded: bool, drift: bool, args, workdir: P
     return row
 
 
+CAUSES = ("ok", "x_glued", "x_wrong_cell", "x_fragment", "x_short_true", "x_spurious",
+          "m_glued", "m_wrong_cell", "m_unassigned", "m_short_flag", "m_not_linked",
+          "m_no_pred_cell")
+
+
+def count_breakdown(folder: Path) -> pd.DataFrame:
+    """Where the per-cell count errors of one end-to-end result come from.
+
+    One row per true cell with >= 1 counted true track (visible, >= 3 frames and lasting; the
+    rule of ``evaluate.assignment_scores`` and cells.csv, ``across_time.counted_tracks``):
+    ``n_true``, ``n_pred`` (counted tracks of its matched predicted cell) and the causes of the
+    difference. Each counted predicted track of the matched cell is ``ok`` (the main match of
+    one of this cell's true tracks) or an extra: ``x_glued`` (main match of a true track of
+    another true cell that this predicted cell also covers: >= 20 % of that cell's area over the
+    stack, i.e. glued cells or ids swapped over time), ``x_wrong_cell`` (main match of another
+    cell's true track, the cells not overlapping: an assignment error), ``x_fragment`` (a piece
+    of a true track whose main match is another predicted track), ``x_short_true`` (matches a
+    true track too short to count), ``x_spurious`` (matches no true detection). Each true track
+    not counted ``ok`` is a miss: ``m_glued`` / ``m_wrong_cell`` (its main predicted track went
+    to another predicted cell that does / does not cover >= 20 % of this cell), ``m_unassigned``
+    (cell -1), ``m_short_flag`` (main predicted track not counted: flagged short_track or not
+    lasting), ``m_not_linked`` (no predicted track), ``m_no_pred_cell`` (this true cell has no
+    matched predicted cell). ``match_iou`` is the whole-stack IoU of the cell matching (low: the
+    matching itself is doubtful) and ``err`` = n_pred - n_true.
+    """
+    from migradetect import across_time
+    from migradetect._eval_io import _calibration, _labels
+    from migradetect._eval_labels import _overlaps, _stack_matching
+    from migradetect._eval_util import _as_bool, _visible
+
+    truth, result = folder / "truth", folder / "result"
+    t_mig = _visible(pd.read_csv(truth / "migrasomes.csv")).reset_index(drop=True)
+    p_mig = pd.read_csv(result / "migrasomes.csv")
+    t_tr, p_tr = pd.read_csv(truth / "tracks.csv"), pd.read_csv(result / "tracks.csv")
+    px, _ = _calibration(truth, result)
+    matches = evaluate.match_detections(t_mig, p_mig, pixel_size_um=px)
+    tm = evaluate.match_tracks(t_mig, p_mig, matches)
+    ov = _overlaps(_labels(truth)["cells"], _labels(result)["cells"])
+    cm, _ = _stack_matching(ov)
+    to_pred = dict(zip(cm["truth_cell_id"], cm["pred_cell_id"], strict=True))
+    iou_of = dict(zip(cm["truth_cell_id"], cm["iou"], strict=True))
+    inter = ov["inter"].groupby(["t", "p"])["n"].sum()
+    area_t = ov["area_t"]
+
+    def covers(p: int, t: int) -> bool:
+        return p >= 0 and t >= 0 and inter.get((t, p), 0) >= 0.2 * area_t.get(t, np.inf)
+
+    # what cells.csv and evaluate count: across_time.counted_tracks on both sides
+    n_frames = int(max(t_tr["last_frame"].max(), p_tr["last_frame"].max())) + 1
+    t_count = dict(zip(t_tr["track_id"], (t_tr["n_frames"] >= 3)
+                       & across_time.lasting_tracks(t_tr, n_frames), strict=True))
+    t_cell = dict(zip(t_tr["track_id"], t_tr["cell_id"], strict=True))
+    p_cell = dict(zip(p_tr["track_id"], p_tr["cell_id"], strict=True))
+    p_tr = p_tr.assign(short_track=_as_bool(p_tr["short_track"]))
+    # "short" here: not counted by the rule (flagged short_track, or not lasting)
+    p_short = dict(zip(p_tr["track_id"], ~across_time.counted_tracks(p_tr, n_frames),
+                       strict=True))
+    primary = {int(p): int(t) for t, p in zip(tm["truth_track_id"], tm["pred_track_id"],
+                                              strict=True) if p >= 0}
+    counted_true = {int(t) for t in tm["truth_track_id"] if t_count.get(t, False)}
+    # each predicted track's majority true track (over its matched detections)
+    mm = matches.assign(tt=t_mig.loc[matches["truth_index"], "track_id"].to_numpy(),
+                        pt=p_mig.loc[matches["pred_index"], "track_id"].to_numpy())
+    major = mm.groupby("pt")["tt"].agg(lambda s: s.value_counts().index[0]).to_dict()
+    rows = []
+    for c in sorted({t_cell[t] for t in counted_true if t_cell.get(t, -1) >= 0}):
+        mine = [t for t in counted_true if t_cell[t] == c]
+        p = int(to_pred.get(c, -1))
+        row = dict.fromkeys(CAUSES, 0)
+        row.update(cell=int(c), pred_cell=p, match_iou=float(iou_of.get(c, 0.0)),
+                   n_true=len(mine))
+        pred_tracks = [k for k, v in p_cell.items() if v == p and p >= 0 and not p_short[k]]
+        row["n_pred"] = len(pred_tracks)
+        ok_true = set()
+        for k in pred_tracks:
+            t = primary.get(int(k), major.get(int(k)))
+            if int(k) in primary and t in mine:
+                row["ok"] += 1
+                ok_true.add(t)
+            elif int(k) in primary and t in counted_true:
+                row["x_glued" if covers(p, t_cell[t]) else "x_wrong_cell"] += 1
+            elif t is None:
+                row["x_spurious"] += 1
+            elif t not in counted_true:
+                row["x_short_true"] += 1
+            else:
+                row["x_fragment"] += 1
+        pmap = {v: k for k, v in primary.items()}
+        for t in mine:
+            if t in ok_true:
+                continue
+            k = pmap.get(t)
+            if p < 0:
+                row["m_no_pred_cell"] += 1
+            elif k is None:
+                row["m_not_linked"] += 1
+            elif p_short.get(k, False):
+                row["m_short_flag"] += 1
+            elif p_cell.get(k, -1) < 0:
+                row["m_unassigned"] += 1
+            else:
+                row["m_glued" if covers(p_cell[k], c) else "m_wrong_cell"] += 1
+        row["err"] = row["n_pred"] - row["n_true"]
+        rows.append(row)
+    cols = ["cell", "pred_cell", "match_iou", "n_true", "n_pred", "err", *CAUSES]
+    return pd.DataFrame(rows, columns=cols)
+
+
 def main_e2e(args) -> None:
     import tempfile
 
     rows = []
-    seed = 1000
+    seed = args.first_seed
+    breakdowns = []
+    keep = Path(args.keep) if args.keep else None
     with tempfile.TemporaryDirectory(prefix="bench_tracking_") as tmp:
+        work = keep or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
         for snr in args.snrs.split(","):
             for preset in args.presets.split(","):
                 for crowded in (False, True):
                     for drift in (False, True):
                         for _ in range(args.seeds):
-                            rows.append(run_e2e(preset, seed, crowded, drift, args, Path(tmp),
+                            rows.append(run_e2e(preset, seed, crowded, drift, args, work,
                                                 snr=snr))
-                            seed += 1
                             print(pd.DataFrame(rows[-1:]).round(3).to_string(index=False),
                                   flush=True)
+                            if args.breakdown:
+                                folder = work / f"{preset}_{seed}_{int(crowded)}_{int(drift)}_{snr}"
+                                b = count_breakdown(folder).assign(preset=preset, seed=seed)
+                                print(b.round(2).to_string(index=False), flush=True)
+                                breakdowns.append(b)
+                            seed += 1
     df = pd.DataFrame(rows)
+    if breakdowns:
+        b = pd.concat(breakdowns, ignore_index=True)
+        tot = b.groupby(["preset", "seed"])[["n_true", "n_pred", *CAUSES]].sum()
+        tot["cells"] = b.groupby(["preset", "seed"]).size()
+        tot["exact"] = b.groupby(["preset", "seed"])["err"].apply(lambda e: (e == 0).sum())
+        tot["abs_err"] = b.groupby(["preset", "seed"])["err"].apply(lambda e: e.abs().sum())
+        print("count breakdown (sums over true cells with migrasomes):")
+        print(tot.to_string())
+        print(tot.sum().to_string())
     summary = {
         "complete_tracks_min": float(df["complete_tracks"].min()),
         "id_switches_per_100_max": float(df["id_switches_per_100"].max()),
@@ -296,6 +433,10 @@ def main_e2e(args) -> None:
     print(df.round(3).to_string(index=False))
     print(json.dumps(summary, indent=2))
     out = OUT.with_name("tracking_e2e.json")
+    if args.first_seed < 1000:  # a tuning run: never overwrites the measured results
+        if not keep:
+            return
+        out = keep / "tracking_e2e.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "summary": summary,
                                "cases": json.loads(df.to_json(orient="records"))}, indent=2))
@@ -311,6 +452,12 @@ def main() -> None:
                    help="run the real pipeline on the movies (end-to-end) instead of linking "
                         "degraded truth detections")
     p.add_argument("--presets", default="tspan4_gfp,wga")
+    p.add_argument("--first-seed", type=int, default=1000,
+                   help="first simulator seed (tune on 0-99, measure on >= 1000)")
+    p.add_argument("--keep", default="",
+                   help="end-to-end: folder to keep the simulated movies and results in")
+    p.add_argument("--breakdown", action="store_true",
+                   help="end-to-end: print where each true cell's count error comes from")
     p.add_argument("--snrs", default="high",
                    help="end-to-end: simulator SNR presets to run, comma-separated "
                         "(high,medium,low); seeds continue from 1000 across them")
@@ -320,7 +467,7 @@ def main() -> None:
         main_e2e(args)
         return
     rows = []
-    seed = 1000
+    seed = args.first_seed
     for preset in ("tspan4_gfp", "wga"):
         for crowded in (False, True):
             for drift in (False, True):

@@ -168,3 +168,18 @@ def test_geodesic_follows_the_fiber_to_its_cell():
     out = _run(_mig(0, 40.0, 80.0, range(3, 8)), fibers_tab, far, cells, cf,
                fiber_geodesic=True, rear_distance_um=2.0)
     assert (out.cell_id[0], out.assign_reason[0]) == (-1, "cell_not_in_view")
+
+
+def test_cover_vote_outweighs_a_few_fiber_votes():
+    # only the three first frames of the track see a fiber, owned by cell 4 (a neighbour
+    # whose fiber crosses the place); cell 3's body covered the place up to the birth
+    cells, cf = _cells({3: [(40, 40 + 6 * t) for t in range(T)],
+                        4: [(62, 100) for _ in range(T)]})
+    fib = np.zeros((T, *SHAPE), np.int32)
+    fib[5:, 40, 50:66] = 5
+    fibers_tab = pd.DataFrame({"frame": range(T), "fiber_id": 5, "cell_id": 4})
+    mig = _mig(0, 40.0, 62.0, range(5, 8))
+    out = _run(mig, fibers_tab, fib, cells, cf)  # default cover_weight: the cover decides
+    assert (out.cell_id[0], out.assign_reason[0]) == (3, "rear_path")
+    out = _run(mig, fibers_tab, fib, cells, cf, cover_weight=1.0)
+    assert (out.cell_id[0], out.assign_reason[0]) == (4, "fiber_at_birth")

@@ -243,3 +243,80 @@ def test_qc_panels_are_block_reduced_keeping_thin_lines():
     img = np.arange(16, dtype=np.float32).reshape(4, 4)
     np.testing.assert_allclose(_reduce(img, 2, "mean"), [[2.5, 4.5], [10.5, 12.5]])
     assert _reduce(img, 1, "mean") is img
+
+
+def _lasting_tracks_table() -> pd.DataFrame:
+    """Tracks of a 20-frame movie (last frame 19), with known lasting / counted answers."""
+    return pd.DataFrame({
+        "track_id": [1, 2, 3, 4, 5, 6],
+        "cell_id": [1, 1, 1, 2, 2, -1],
+        # 1: 3 frames, lost at 9 -> transient; 2: 3 frames ending at 17 (within 2 of the end)
+        # -> still there; 3: 5 frames lost at 12 -> seen long enough; 4: 4 frames lost at 15
+        # -> transient; 5: whole movie; 6: 2 frames (short_track) at the end
+        "first_frame": [7, 15, 8, 12, 0, 18],
+        "last_frame": [9, 17, 12, 15, 19, 19],
+        "n_frames": [3, 3, 5, 4, 20, 2],
+        "born_before_start": [False, False, False, False, True, False],
+        "growing_at_end": [False, False, False, False, False, True],
+        "short_track": [False, False, False, False, False, True],
+        "plateau_diameter_um": [0.4, 1.0, 1.2, 0.5, 2.0, np.nan],
+        "growth_time_s": [60.0, 120.0, 180.0, 60.0, np.nan, np.nan],
+    })
+
+
+def test_lasting_and_counted_tracks_known_answer():
+    from migradetect import across_time
+
+    tracks = _lasting_tracks_table()
+    lasting = across_time.lasting_tracks(tracks, 20)
+    assert lasting.tolist() == [False, True, True, False, True, True]
+    assert across_time.counted_tracks(tracks, 20).tolist() == [False, True, True, False, True,
+                                                               False]
+    # a track spanning the whole (short) movie counts whatever its flags
+    short = tracks.assign(n_frames=2, short_track=True, first_frame=0, last_frame=1)
+    assert across_time.counted_tracks(short, 2).all()
+    # tables without last_frame: no lasting rule
+    assert across_time.lasting_tracks(tracks.drop(columns="last_frame"), 20).all()
+    # the per-cell counts of cells.csv use the same rule
+    cf = pd.DataFrame({"frame": np.tile(np.arange(20), 2), "cell_id": np.repeat([1, 2], 20),
+                       "y_px": 10.0, "x_px": 10.0, "area_um2": 100.0})
+    drift = pd.DataFrame({"frame": np.arange(20), "dy_px": 0.0, "dx_px": 0.0})
+    cells = across_time.summarize_cells(cf, tracks, drift, n_frames=20, pixel_size_um=0.1,
+                                        frame_interval_s=60.0)
+    assert cells.set_index("cell_id")["n_migrasomes"].to_dict() == {1: 2, 2: 1}
+
+
+def test_unflagged_tracks_lasting_only_with_n_frames():
+    tracks = _lasting_tracks_table()
+    # not flagged: 1, 2, 3, 4; lasting among them: 2, 3
+    assert report.unflagged_tracks(tracks)["track_id"].tolist() == [1, 2, 3, 4]
+    assert report.unflagged_tracks(tracks, 20)["track_id"].tolist() == [2, 3]
+
+
+def test_evaluation_counts_what_cells_csv_counts():
+    from migradetect import across_time
+    from migradetect.evaluate import assignment_scores
+
+    pred = _lasting_tracks_table()
+    # truth: the same tracks (ids 11..16), same cells, so predicted cell p = true cell p
+    truth = pred.assign(track_id=pred["track_id"] + 10).drop(columns="short_track")
+    matching = pd.DataFrame({"truth_track_id": truth["track_id"],
+                             "pred_track_id": pred["track_id"]})
+    s = assignment_scores(truth, pred, matching, n_frames=20)
+    assert s["accuracy"] == 1.0 and s["n_cells_with_migrasomes"] == 2
+    # truth counts (>= 3 frames, lasting): cell 1 -> tracks 12, 13; cell 2 -> 15. Both sides
+    # apply one rule, so the counts agree exactly
+    assert s["count_exact_fraction"] == 1.0 and s["count_abs_error_mean"] == 0.0
+    # a transient predicted track added to cell 2 is not counted either
+    extra = pd.concat([pred, pd.DataFrame({
+        "track_id": [7], "cell_id": [2], "first_frame": [3], "last_frame": [5], "n_frames": [3],
+        "born_before_start": [False], "growing_at_end": [False], "short_track": [False],
+        "plateau_diameter_um": [0.3], "growth_time_s": [60.0]})], ignore_index=True)
+    assert not across_time.counted_tracks(extra, 20).iloc[-1]
+    assert assignment_scores(truth, extra, matching, n_frames=20)["count_abs_error_mean"] == 0.0
+    # ... while a lasting one is (one extra in cell 2 of 2 cells: mean error 0.5)
+    extra.loc[extra.index[-1], ["last_frame", "n_frames"]] = [19, 17]
+    s = assignment_scores(truth, extra, matching, n_frames=20)
+    assert s["count_abs_error_mean"] == 0.5 and s["count_exact_fraction"] == 0.5
+    # n_frames inferred from the tables' last frames (19 -> 20 frames) gives the same
+    assert assignment_scores(truth, extra, matching)["count_abs_error_mean"] == 0.5

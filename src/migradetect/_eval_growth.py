@@ -32,6 +32,7 @@ def assignment_scores(
     *,
     cell_matching: pd.DataFrame | None = None,
     min_track_frames: int = 3,
+    n_frames: int | None = None,
 ) -> dict[str, float]:
     """How well migrasome tracks were assigned to their cells, and per-cell counts.
 
@@ -50,9 +51,15 @@ def assignment_scores(
     cell_matching
         ``truth_cell_id, pred_cell_id`` pairs; ``None`` means predicted ids are true ids.
     min_track_frames
-        Per-cell counts use true tracks of at least this many frames and predicted tracks not
-        flagged ``short_track`` (as ``cells.csv``'s ``n_migrasomes`` does; the pipeline's
-        default flag threshold is 3 frames). Accuracy and coverage use every matched track.
+        Per-cell counts use the tracks ``cells.csv``'s ``n_migrasomes`` counts
+        (:func:`migradetect.across_time.counted_tracks`): predicted tracks not flagged
+        ``short_track`` and lasting (still seen at the end of the movie, or seen in enough
+        frames: :func:`migradetect.across_time.lasting_tracks`), and true tracks of at least
+        this many frames (the pipeline's default ``short_track`` threshold) that are lasting
+        by the same rule. Accuracy and coverage use every matched track.
+    n_frames
+        Frames in the movie (for the lasting rule); None: one more than the largest
+        ``last_frame`` of either table (no lasting rule when neither has ``last_frame``).
 
     Returns
     -------
@@ -78,18 +85,34 @@ def assignment_scores(
         covered.append(pc >= 0)
     # Per-cell counts: the true tracks of a cell that were visible (those listed in
     # `matching`) against every predicted track of its matched predicted cell.
-    # Both sides count what a per-cell count in cells.csv counts: tracks of at least
-    # `min_track_frames` frames (the pipeline flags shorter ones `short_track` and leaves them
-    # out of n_migrasomes; a 1-2 frame true track is not countable either way).
+    # Both sides count what a per-cell count in cells.csv counts (across_time.counted_tracks):
+    # tracks of at least `min_track_frames` frames (the pipeline flags shorter ones
+    # `short_track`; a 1-2 frame true track is not countable either way) that are lasting
+    # (still there at the end of the movie, or seen in enough frames).
+    from migradetect.across_time import counted_tracks, lasting_tracks
+
+    if n_frames is None:
+        lasts = [t["last_frame"].max() for t in (truth_tracks, pred_tracks)
+                 if "last_frame" in t.columns and len(t)]
+        n_frames = int(max(lasts)) + 1 if lasts else None
     seen = truth_tracks[truth_tracks["track_id"].isin(matching["truth_track_id"])]
     if "n_frames" in seen.columns:
         seen = seen[seen["n_frames"].astype(int) >= min_track_frames]
+        if n_frames is not None:
+            seen = seen[lasting_tracks(seen, n_frames).to_numpy(bool)]
     true_counts = seen.loc[seen["cell_id"] >= 0, "cell_id"].astype(int).value_counts()
     counted = pred_tracks
     if "short_track" in counted.columns:
-        counted = counted[~_as_bool(counted["short_track"])]
-    elif "n_frames" in counted.columns:
+        if n_frames is None:  # movie length unknown (no last_frame): the flag alone
+            counted = counted[~_as_bool(counted["short_track"])]
+        else:
+            counted = counted[counted_tracks(counted.assign(short_track=_as_bool(
+                counted["short_track"])), n_frames).to_numpy(bool)]
+    elif "n_frames" in counted.columns and n_frames is None:
         counted = counted[counted["n_frames"].astype(int) >= min_track_frames]
+    elif "n_frames" in counted.columns:
+        counted = counted[(counted["n_frames"].astype(int) >= min_track_frames)
+                          & lasting_tracks(counted, n_frames)]
     pred_counts = counted.loc[counted["cell_id"] >= 0, "cell_id"].astype(int).value_counts()
     to_pred = ({t: t for t in true_counts.index} if to_true is None
                else {t: p for p, t in to_true.items()})

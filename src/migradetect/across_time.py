@@ -282,13 +282,42 @@ def attach_cells(migrasomes: pd.DataFrame, tracks: pd.DataFrame) -> pd.DataFrame
     return migrasomes.assign(cell_id=ids.to_numpy())
 
 
+#: A track that is lost before the end of the movie counts only when seen in this many frames.
+MIN_FRAMES_IF_LOST = 5
+#: A track whose last frame is within this many frames of the movie's last frame is still
+#: there at the end (the linker's ``max_gap_frames`` default: missed detections at the end).
+END_TOLERANCE_FRAMES = 2
+
+
+def lasting_tracks(tracks: pd.DataFrame, n_frames: int, *,
+                   min_frames_if_lost: int = MIN_FRAMES_IF_LOST,
+                   end_tolerance_frames: int = END_TOLERANCE_FRAMES) -> pd.Series:
+    """Which tracks persist like a migrasome: still seen at the end of the movie (last frame
+    within ``end_tolerance_frames`` of it), or seen in at least ``min_frames_if_lost`` frames.
+
+    A migrasome is anchored on the dish and stays once made (minutes to hours); what
+    appears for a few frames and vanishes long before the end is a noise blob, a passing
+    intracellular punctum or a fragment of another track. All True for tables without
+    ``n_frames`` or ``last_frame``.
+    """
+    if "last_frame" not in tracks.columns or "n_frames" not in tracks.columns:
+        return pd.Series(True, index=tracks.index)
+    n = tracks["n_frames"].to_numpy(np.int64)
+    last = tracks["last_frame"].to_numpy(np.int64)
+    keep = (n >= min_frames_if_lost) | (last >= int(n_frames) - 1 - end_tolerance_frames)
+    return pd.Series(keep, index=tracks.index)
+
+
 def counted_tracks(tracks: pd.DataFrame, n_frames: int) -> pd.Series:
-    """Which tracks count as migrasomes: not ``short_track``, or spanning the whole movie.
+    """Which tracks count as migrasomes: not ``short_track`` and lasting
+    (:func:`lasting_tracks`), or spanning the whole movie.
 
     A movie shorter than ``min_track_frames`` (e.g. a single frame) flags every track short;
     a track seen in every frame of it still counts.
     """
-    return ~tracks["short_track"].astype(bool) | (tracks["n_frames"] >= n_frames)
+    spans = (tracks["n_frames"] >= n_frames if "n_frames" in tracks.columns
+             else pd.Series(False, index=tracks.index))
+    return (~tracks["short_track"].astype(bool) & lasting_tracks(tracks, n_frames)) | spans
 
 
 def summarize_cells(cell_frames: pd.DataFrame, tracks: pd.DataFrame, drift: pd.DataFrame, *,

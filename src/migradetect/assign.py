@@ -19,7 +19,9 @@ One row per ``track_id`` of ``migrasomes``; ``cell_id`` is -1 when unassigned, a
    cell_id``; the fiber label image holds ``fiber_id`` values). The cell whose mask came
    within ``cover_distance_um`` of the place most recently up to the birth (the producing
    cell's body was there before it moved on and left the migrasome behind its rear) adds
-   ``cover_weight`` votes. The most voted cell wins (reason ``rear_path`` if only the cover
+   ``cover_weight`` votes (default 4: about as much as the fiber votes of the whole window;
+   in crowded scenes fibers of neighbours cross the place, the rear that left it is the
+   stronger evidence). The most voted cell wins (reason ``rear_path`` if only the cover
    vote backs it). Voting over frames keeps one frame where the producing cell was missed or
    merged with its neighbour (which then owns the fiber) from deciding. Without any vote in
    that window, the frames before are searched backwards (up to ``rear_lookback_frames``)
@@ -94,9 +96,11 @@ class AssignConfig:
              "birth_frames frames of the track, for the cell the migrasome sits on",
     )
     cover_weight: float = param(
-        1.0, min=0.0, max=100.0,
+        4.0, min=0.0, max=100.0,
         help="votes (in frames of fiber attachment) given to the cell whose body covered the "
-             "migrasome's place most recently before its birth",
+             "migrasome's place most recently before its birth (the adhesion is laid down "
+             "under the rear of the cell that makes it): about the whole fiber vote window, "
+             "so only a near-unanimous fiber vote for another cell overrules it",
     )
     fiber_geodesic: bool = param(
         True,

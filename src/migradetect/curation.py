@@ -15,8 +15,9 @@ Curation states (the ``curation`` column of ``migrasomes.csv`` and ``tracks.csv`
 
 Which tracks are counted (cells.csv ``n_migrasomes``, summary.csv ``n_migrasomes``): never a
 rejected track; always a track the user confirmed (``accepted``, ``added``, ``reassigned``),
-short or not; an ``auto`` track by the automatic rule (not ``short_track``, or spanning the
-whole movie; :func:`migradetect.across_time.counted_tracks`). A track whose every detection
+short or not; an ``auto`` track by the automatic rule (not ``short_track`` and lasting: seen
+in at least 5 frames or still there at the end of the movie; or spanning the whole movie;
+:func:`migradetect.across_time.counted_tracks`). A track whose every detection
 is rejected is rejected. Tracks whose detections were edited get their descriptive columns
 (``first_frame``, ``last_frame``, ``n_frames``, ``birth_time_s``, ``max_diameter_um``,
 ``y_um``, ``x_um``) recomputed from their non-rejected detections; growth-fit columns keep

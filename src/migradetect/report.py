@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from migradetect import schema
-from migradetect.across_time import counted_tracks
+from migradetect.across_time import counted_tracks, lasting_tracks
 from migradetect.errors import OutputError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -282,11 +282,17 @@ def counted_cells(cells: pd.DataFrame, n_frames: int) -> pd.DataFrame:
     return cells.loc[keep].reset_index(drop=True)
 
 
-def unflagged_tracks(tracks: pd.DataFrame) -> pd.DataFrame:
+def unflagged_tracks(tracks: pd.DataFrame, n_frames: int | None = None) -> pd.DataFrame:
     """Tracks with a whole observed growth: not born before the start, not growing at the end,
-    not short (the tracks whose plateau diameter and growth time are summarised)."""
+    not short (the tracks whose plateau diameter and growth time are summarised); with
+    ``n_frames`` (frames in the movie), also lasting like a migrasome
+    (:func:`migradetect.across_time.lasting_tracks`, the rule of the counts): a blob seen for
+    a few frames that vanishes long before the end is no migrasome, and such blobs are
+    mostly small, which biases the median plateau diameter low."""
     keep = ~(tracks["born_before_start"].astype(bool) | tracks["growing_at_end"].astype(bool)
              | tracks["short_track"].astype(bool))
+    if n_frames is not None:
+        keep &= lasting_tracks(tracks, n_frames).to_numpy(bool)
     return tracks.loc[keep].reset_index(drop=True)
 
 
@@ -321,15 +327,17 @@ def summarize_movie(
         Counted cells with ``n_migrasomes`` >= 1, and their percentage of ``n_cells``.
     n_migrasomes
         Migrasome tracks of the movie (rows of ``tracks.csv``), assigned to a cell or not,
-        that are not flagged ``short_track`` or span every frame of the movie (so a
-        single-frame movie counts every detection): each track is one migrasome. The same
-        rule gives ``n_migrasomes`` of cells.csv.
+        that are not flagged ``short_track`` and are lasting (still seen at the end of the
+        movie, or seen in at least 5 frames: :func:`migradetect.across_time.lasting_tracks`),
+        or span every frame of the movie (so a single-frame movie counts every detection):
+        each track is one migrasome. The same rule
+        (:func:`migradetect.across_time.counted_tracks`) gives ``n_migrasomes`` of cells.csv.
     migrasomes_per_cell_mean / _median
         Mean / median of ``n_migrasomes`` over the counted cells.
     migrasome_density_per_mm2
         ``n_migrasomes`` / imaged area (Y * X * pixel_size_um**2) in mm^2.
     plateau_diameter_um_median, growth_time_s_median
-        Medians over :func:`unflagged_tracks` with finite values.
+        Medians over :func:`unflagged_tracks` (lasting ones only) with finite values.
     """
     cells = schema.conform(tables.get("cells.csv", schema.empty(schema.CELLS)), schema.CELLS)
     tracks = schema.conform(tables.get("tracks.csv", schema.empty(schema.TRACKS)), schema.TRACKS)
@@ -352,7 +360,7 @@ def summarize_movie(
         n_mig / (float(image_area_um2) * 1e-6)
         if image_area_um2 is not None and image_area_um2 > 0 else math.nan
     )
-    good = unflagged_tracks(tracks)
+    good = unflagged_tracks(tracks, n_frames)
     row = {
         "experiment": experiment,
         "movie": movie,
