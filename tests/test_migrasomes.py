@@ -361,3 +361,60 @@ def test_shared_radii_fit_equals_general_fit():
         for key in shared:  # the general path sums in float32: flat minima move a little
             atol = 0.01 if key == "radius_px" else 1e-3
             assert np.allclose(shared[key], general[key], rtol=1e-2, atol=atol), key
+
+
+def test_fibers_passing_beside_a_vesicle_do_not_hide_it():
+    # two bright fibers pass 0.95 um beside a 0.8 um vesicle (a dense web of fibers, as
+    # with WGA): each crosses the circle around it twice at angles that are not opposite,
+    # yet adds little at its centre; counted as tips they hid it
+    lines = [(50.5, 5, 50.5, 115, 600), (5, 69.5, 115, 69.5, 600)]
+    for seed in (11, 12, 13):
+        det = detect(noisy(render((120, 120), [(60.0, 60.0, 0.8, 4000)], lines), seed=seed))
+        assert len(det) == 1
+        assert np.hypot(det["y_px"].iloc[0] - 60.0, det["x_px"].iloc[0] - 60.0) < 4.0
+        # the fibers alone (their crossing 1.3 um away included) give nothing
+        assert len(detect(noisy(render((120, 120), lines=lines), seed=seed))) == 0
+
+
+def test_spoke_of_a_line_through_the_centre_counts_in_full():
+    """Known answers of the spoke geometry: a Gaussian line (cross sigma s) crossing two
+    circles counts in full when it passes the centre within the placement margin, and by
+    the Gaussian of its distance beyond the margin (a chord) otherwise."""
+    from migradetect._blobfit import LINE_PLACEMENT_SIGMAS as m
+    from migradetect._blobfit import _spoke_through_centre
+
+    s, n_ang = 1.5, 64
+    r_in = (m + 4.0) * s
+    r_out = r_in + 2.0 * s
+    ang = np.arange(n_ang) * 2 * np.pi / n_ang
+    out = []
+    for h in (0.0, 0.5 * m * s, (m + 2.0) * s, (m + 3.0) * s):  # a line along y = h
+        rings = [np.exp(-0.5 * ((r * np.sin(ang) - h) / s) ** 2)[None, :] for r in (r_in, r_out)]
+        k = int(np.argmax(rings[0][0] * (np.cos(ang) > 0)))  # its crossing at x > 0
+        out.append(_spoke_through_centre((rings[0], rings[1], np.array([r_in]),
+                                          np.array([r_out]), np.array([s])),
+                                         np.array([0]), np.array([k]))[0])
+    assert out[0] == pytest.approx(1.0)
+    assert out[1] == pytest.approx(1.0)
+    assert out[2] == pytest.approx(np.exp(-0.5 * 2.0**2), abs=0.06)
+    assert out[3] == pytest.approx(np.exp(-0.5 * 3.0**2), abs=0.03)
+
+
+def test_off_centre_ring_candidate_is_not_two_rim_blobs():
+    # a 2 um ring-like migrasome on a fiber: where the fiber crosses its rim, two bright
+    # spots give small candidates. Its own candidate sits up to 1 px off centre with a
+    # radius 15 % off: the two rim blobs must still not replace it
+    from migradetect._blobfit import two_shells_fit_better
+
+    psf_px = float(np.sqrt((PSF / 0.1) ** 2 + 1 / 12))
+    rim = ((40.0, 30.0, 2.5), (40.0, 50.0, 2.5))
+    for seed in (4, 5):
+        ring = noisy(render((80, 80), [(40.0, 40.0, 2.0, 30000)], [(40, 2, 40, 78, 400)]),
+                     seed=seed).astype(float)
+        for big in ((41.0, 40.0, 9.0), (39.0, 39.0, 10.0), (40.0, 40.0, 8.5), (40.7, 39.3, 11.0)):
+            assert not two_shells_fit_better(ring, big, *rim, psf_px, 25.0)
+    # two touching vesicles stay two against an off-centre large candidate
+    pair = noisy(render((80, 80), [(40.0, 35.0, 1.0, 20000), (40.0, 45.0, 1.0, 20000)]),
+                 seed=4).astype(float)
+    assert two_shells_fit_better(pair, (41.0, 40.0, 7.2), (40.0, 35.0, 5.0), (40.0, 45.0, 5.0),
+                                 psf_px, 20.0)

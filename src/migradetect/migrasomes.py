@@ -18,7 +18,10 @@ Method (one frame)
    (b) the "line excess": intensities add, so the share of the peak explained by straight
    fibers through the candidate is estimated from the fibers' crossings ("spokes") of a circle
    just outside the object; fiber interiors, tips and crossings explain their whole peak, a
-   vesicle on a fiber does not (see :func:`migradetect._blobfit.line_excess`). The share
+   vesicle on a fiber does not (see :func:`migradetect._blobfit.line_excess`). Each spoke's
+   line is placed from its crossings of two circles: a fiber that passes beside the
+   candidate (a chord, in a dense web of fibers) adds little at its centre and explains
+   only that (its height times the Gaussian of its distance from the centre). The share
    (``min_line_excess``) is not enough on bright fibers, where a 3-sigma noise bump is a large
    share of a small excess: the unexplained peak must also be significant, at least
    ``min_excess_snr`` noise sigmas of the smoothed image (pixel noise times the kernel's L2
@@ -39,7 +42,9 @@ Method (one frame)
    pair seen as one blob: the shell models of the two (two amplitudes + offset) and of the
    large one (amplitude + offset) are fitted to the pixels around it; when the two explain
    them better it is dropped for them. A ring-like migrasome whose rim gave the smaller
-   candidates is one shell; two small blobs on its rim explain only part of it.
+   candidates is one shell; two small blobs on its rim explain only part of it (the one
+   shell gets its best of nearby centres and radii, as the two were each fitted on their
+   own).
 """
 
 from __future__ import annotations
@@ -321,8 +326,10 @@ def detect_migrasomes(
         g_noise = nz[sel] * _gauss_norm(lev.sigma)  # ||g_sigma||_2 times pixel noise
         # a fiber's spoke is ~2.4 widths (FWHM) wide; allow 2x for angle and noise
         spacing = 2 * np.pi * rc / circle.shape[1]
-        excess[sel], resid = line_excess(circle, centre, g_noise, 2 * 2.4 * width / spacing + 1,
-                                         explained=explained, return_residual=True)
+        excess[sel], resid = line_excess(
+            circle, centre, g_noise, 2 * 2.4 * width / spacing + 1, explained=explained,
+            return_residual=True,
+            rings=(rings[:, 0, :], rings[:, 1, :], rc, rc + 2.0 * width, np.full(len(sel), width)))
         resid_sig[sel] = resid / g_noise
     ok &= (excess >= config.min_line_excess) & (resid_sig >= config.min_excess_snr)
     idx = np.flatnonzero(ok)
@@ -331,9 +338,11 @@ def detect_migrasomes(
 
     ci, xi, ri = cy[idx], cx[idx], radius[idx]
 
+    one_shell: dict = {}  # each candidate's best one-shell residual, shared by its pair tests
+
     def pair_test(i: int, a: int, b: int) -> bool:
         return two_shells_fit_better(img, (ci[i], xi[i], ri[i]), (ci[a], xi[a], ri[a]),
-                                     (ci[b], xi[b], ri[b]), psf_px, r_table)
+                                     (ci[b], xi[b], ri[b]), psf_px, r_table, cache=one_shell)
 
     sel = idx[select_objects(ci, xi, ri, peak_snr[idx], cand["iso"][idx], psf_px,
                               pair_test=pair_test)]
