@@ -8,7 +8,8 @@ import pytest
 from scipy import ndimage as ndi
 
 from migradetect.drift import (
-    DriftConfig, PairRegistrar, drift_from_edges, drift_from_pairs, estimate_drift, pair_list,
+    DriftConfig, PairRegistrar, drift_from_edges, drift_from_pairs, estimate_drift,
+    fiducial_edges, pair_list,
     prepare_frame, product_bin, refine_drift, register_pair, register_prepared,
     register_products,
 )
@@ -146,7 +147,7 @@ def test_redundant_pairs_outvote_a_wrong_one():
              for i, j in pair_list(10, config=cfg)]
     np.testing.assert_allclose(drift_from_edges(edges, 10, config=cfg).dy_px, truth, atol=1e-3)
     # frames that no reliable pair reaches hold the nearest reliable drift (no information)
-    edges = [(i, j, truth[j] - truth[i], 0.0, 0.05 if i < 3 else 0.9)
+    edges = [(i, j, truth[j] - truth[i], 0.0, np.nan if i < 3 else 0.9)
              for i, j in pair_list(10, config=cfg)]
     d = drift_from_edges(edges, 10, config=cfg)
     np.testing.assert_allclose(d.dy_px[:4], 0.0, atol=1e-3)
@@ -291,13 +292,79 @@ def test_ambiguous_repeated_structure_is_not_registered():
     assert dx == pytest.approx(3.0, abs=0.1) and q > 0.5
 
 
-def test_dim_movie_uses_weaker_but_consistent_pairs():
-    """Every pair of a dim movie correlates weakly (0.1) but consistently: above the fallback
-    quality they are used (drift recovered), instead of leaving the drift at 0."""
-    n = 12
-    truth = np.column_stack([0.8 * np.arange(n), -0.5 * np.arange(n)])
-    edges = [(i, j, *(truth[j] - truth[i]), 0.1) for i, j in pair_list(n, config=DriftConfig())]
-    d = drift_from_edges(edges, n, config=DriftConfig())
-    assert np.hypot(d.dy_px - truth[:, 0], d.dx_px - truth[:, 1]).max() < 0.05
-    off = drift_from_edges(edges, n, config=DriftConfig(fallback_min_quality=0.2))
-    assert np.allclose(off[["dy_px", "dx_px"]].to_numpy(), 0.0)
+def test_dim_pair_is_registered_and_noise_is_not():
+    """One rule for bright and dim movies: spots at ~0.75 noise sigma correlate weakly (the
+    noise dominates both frames) but their peak stands out of the correlation surface, so
+    the shift is found; two frames of pure noise give no pair."""
+    shape = (256, 256)
+    yy, xx = np.mgrid[: shape[0], : shape[1]].astype(np.float32)
+    pts = np.random.default_rng(11).uniform(8, 248, size=(240, 2))
+    rng = np.random.default_rng(0)
+
+    def dim(s):
+        img = np.full(shape, 100.0, np.float32)
+        for y, x in pts:
+            img += 6.0 * np.exp(-((yy - y - s[0]) ** 2 + (xx - x - s[1]) ** 2) / (2 * 2.0**2))
+        return img + rng.normal(0, 8, shape).astype(np.float32)
+
+    shift = (2.6, -1.7)
+    dy, dx, q = register_pair(dim((0, 0)), dim(shift), pixel_size_um=PX)
+    assert q < 0.2  # the former min_quality (0.2) threw such right pairs away
+    assert dy == pytest.approx(shift[0], abs=0.5) and dx == pytest.approx(shift[1], abs=0.5)
+    for _ in range(3):
+        noise = [100 + rng.normal(0, 8, shape).astype(np.float32) for _ in range(2)]
+        assert np.isnan(register_pair(*noise, pixel_size_um=PX)[2])
+
+
+def _fiducial_scene(n=12, seed=3):
+    """Static migrasomes (appearing over time) moved by a drift with a jump, a cell's puncta
+    moving on their own, and random false detections; returns (detections, truth)."""
+    rng = np.random.default_rng(seed)
+    truth = np.column_stack([0.7 * np.arange(n), -0.4 * np.arange(n)])
+    truth[7:] += (14.0, 9.0)  # a sudden 3 um jump
+    static = rng.uniform(20, 360, (40, 2))
+    born = rng.integers(0, n // 3, len(static))
+    rows = []
+    for t in range(n):
+        for k, p in enumerate(static):
+            if born[k] <= t:
+                y, x = p + truth[t] + rng.normal(0, 0.15, 2)
+                rows.append((t, y, x))
+        for q in rng.uniform(150, 170, (4, 2)):  # puncta of a cell moving 6 px per frame
+            rows.append((t, q[0] + 6.0 * t, q[1]))
+        for y, x in rng.uniform(0, 380, (3, 2)):  # false detections
+            rows.append((t, y, x))
+    det = pd.DataFrame(rows, columns=["frame", "y_px", "x_px"]).assign(diameter_um=1.0)
+    return det, truth
+
+
+def test_fiducial_edges_find_the_stage_shift_and_reject_chance():
+    det, truth = _fiducial_scene()
+    n = len(truth)
+    edges = fiducial_edges(det, n, pixel_size_um=PX)
+    assert len(edges) == len(pair_list(n))  # every pair, across the jump too
+    for i, j, dy, dx, support in edges:
+        assert np.hypot(dy - (truth[j, 0] - truth[i, 0]), dx - (truth[j, 1] - truth[i, 1])) < 0.5
+        assert support >= 3
+    # the same whatever the detections' row order (windows of frames arrive in any order)
+    assert fiducial_edges(det.sample(frac=1.0, random_state=2), n, pixel_size_um=PX) == edges
+    # one detection per frame, anywhere: a coincidence is not evidence of a common shift
+    rng = np.random.default_rng(0)
+    lone = pd.DataFrame({"frame": np.arange(n), "y_px": rng.uniform(0, 380, n),
+                         "x_px": rng.uniform(0, 380, n)})
+    assert fiducial_edges(lone, n, pixel_size_um=PX) == []
+
+
+def test_refine_fills_frames_without_image_pairs_from_fiducials():
+    """The image pairs of the first frames are missing (their fixed structure is under
+    cells) and the pair across the jump is missing too: the held / interpolated drift is
+    wrong there; the fiducial pairs, solved with the image pairs, recover it."""
+    det, truth = _fiducial_scene()
+    n = len(truth)
+    edges = [(i, j, *(truth[j] - truth[i] + 0.02), 0.5 if i >= 4 and not i < 7 <= j else np.nan)
+             for i, j in pair_list(n)]
+    coarse = drift_from_edges(edges, n)
+    assert np.abs(coarse.dy_px - truth[:, 0]).max() > 3  # frames 0-3 held, jump missed
+    refined = refine_drift(det, coarse, pixel_size_um=PX)
+    err = np.hypot(refined.dy_px - truth[:, 0], refined.dx_px - truth[:, 1])
+    assert np.sqrt(np.mean(err**2)) < 0.2 and err.max() < 0.4 and refined.registered.all()

@@ -26,8 +26,11 @@ no fixed structure (e.g. early frames before any fiber exists) and the pair is n
 
 The products are clipped at ``clip_noise`` noise units before correlation (bounded
 influence: a few very bright migrasomes landing on other bright spots must not outweigh the
-area of shared fibers), and a peak that is not unique (a second peak farther than ~1 µm
-reaching ``max_peak_ratio`` of it: sparse or repeated structure) gives no pair.
+area of shared fibers). Whether a pair is used is one scale-free statistical test, the same
+for bright and dim movies: the peak must stand ``min_peak_separation`` noise units of the
+correlation surface itself (the robust spread of its values over the searched shifts) above
+the best other peak farther than ~1 µm. A dim movie correlates weakly at its right shift but
+also weakly everywhere else; sparse or repeated structure has a second peak nearly as high.
 
 Each frame is registered to the frames 1, 2, 4, ... ``pair_gap`` before it, every pair by a
 global search (up to ``max_jump_um``), while the products arrive (:class:`PairRegistrar`:
@@ -39,7 +42,17 @@ to every later frame), drops the pairs far from it, and solves the rest by itera
 reweighted least squares (Cauchy weights at ``consistency_px``), with a weak prior that
 interpolates frames without any reliable pair linearly and holds the nearest reliable drift
 before the first / after the last one (e.g. early frames before any fiber exists carry no
-drift information). Finally :func:`refine_drift` removes the remaining random-walk error with
+drift information). A pair that no other path of pairs confirms (a bridge of the pair graph,
+e.g. the one pair left between early frames with only moving structure and the rest) cannot be
+checked by the consensus and is not used (except in a plain chain, :func:`drift_from_pairs`).
+
+Finally :func:`refine_drift` brings in the migrasome detections (static fiducials, seen also
+on top of cells, where the image registration is masked): every pair of the same graph is
+matched by displacement voting with a chance-coincidence (a-contrario) test
+(:func:`fiducial_edges`), and the pair graph is solved again with these pairs, each voting
+in the consensus with its number of agreeing migrasomes (crowded movies whose first frames
+have all their fixed structure under cells, or only a moving cell edge outside the masks, get
+their drift from the migrasomes); then the remaining random-walk error is removed with
 anchored migrasomes (long tracks whose positions agree closely).
 
 Public functions
@@ -66,9 +79,15 @@ Public functions
 ``drift_at_frames(drift, frames) -> (dy, dx)``
     The drift table looked up (linearly interpolated; 0 when the table is None or empty) at
     any frames.
+``fiducial_edges(detections, n_frames, *, pixel_size_um, config=None)
+-> [(i, j, dy_px, dx_px, support), ...]``
+    The pair shifts that the migrasome detections of two frames agree on (displacement
+    voting, chance-coincidence test; see :func:`_point_pair_shift`).
 ``refine_drift(detections, drift, *, pixel_size_um, config=None, tracking_config=None)``
-    Removes the random-walk error of the pair solution with anchored migrasomes (static
-    fiducials): the detections are linked in coarse-corrected coordinates (unless they carry
+    Solves the pair graph again with the fiducial pairs added (image pairs from
+    ``drift.attrs["pair_edges"]``, set by :func:`drift_from_edges`), then removes the
+    random-walk error of the pair solution with anchored migrasomes (static fiducials): the
+    detections are linked in coarse-corrected coordinates (unless they carry
     ``track_id``); tracks of at least ``refine_min_track_frames`` whose corrected positions
     scatter less than ``refine_max_scatter_um`` are fiducials; each frame gets the median
     residual of its fiducials from their track medians (alternating a few times), relative to
@@ -125,26 +144,17 @@ class DriftConfig:
         help="cells are excluded from registration together with this margin (segmented "
              "masks miss thin lamellipodia)",
     )
-    min_quality: float = param(
-        0.2, min=0.0, max=1.0,
-        help="frame pairs whose peak correlation is lower are unreliable and not used; "
-             "frames without a reliable pair are interpolated",
-    )
-    fallback_min_quality: float = param(
-        0.05, min=0.0, max=1.0,
-        help="used instead of min_quality when pairs above it reach fewer than half of the "
-             "frames: in a dim movie even right, significant peaks correlate weakly (the "
-             "noise dominates both frames); the significance and ambiguity tests still apply",
-    )
     min_significance: float = param(
         7.0, min=0.0, max=100.0,
         help="a correlation peak must stand this many noise units (1 / sqrt of the "
              "independent overlapping pixels) above 0, else the pair has no common structure",
     )
-    max_peak_ratio: float = param(
-        0.6, min=0.0, max=1.0,
-        help="a pair whose second-best correlation peak (farther than ~1 um from the best) "
-             "reaches this fraction of the best is ambiguous and not used",
+    min_peak_separation: float = param(
+        4.0, min=0.0, max=100.0,
+        help="a pair's correlation peak must stand this many noise units of the correlation "
+             "surface (robust spread over the searched shifts) above the best other peak "
+             "farther than ~1 um: else the frames share no unique fixed structure and the "
+             "pair is not used (one rule for bright and dim movies)",
     )
     pair_gap: int = param(
         16, unit="frames", min=1, max=64,
@@ -165,6 +175,17 @@ class DriftConfig:
     consistency_px: float = param(
         0.5, unit="px", min=0.01, max=100.0,
         help="scale of the disagreement between pairs above which a pair is down-weighted",
+    )
+    fiducial_tolerance_um: float = param(
+        0.3, unit="um", min=0.01, max=10.0,
+        help="detections of static migrasomes agree on a frame pair's shift within this "
+             "distance (a few times the precision of their centres)",
+    )
+    fiducial_max_nfa: float = param(
+        1e-3, min=0.0, max=1.0,
+        help="a frame pair's shift from the migrasome detections is used when the number of "
+             "agreeing detections would arise by chance (detections at random) less often "
+             "than this",
     )
     refine: bool = param(True, help="refine the drift on anchored migrasomes")
     refine_min_track_frames: int = param(
@@ -397,12 +418,19 @@ def register_prepared(
     iy, ix = np.unravel_index(int(np.argmax(win)), win.shape)
     if not np.isfinite(win[iy, ix]):
         return 0.0, 0.0, math.nan
-    # uniqueness (a ratio test): the shared fixed structure has one true match; a second peak
-    # farther than ~1 um that reaches max_peak_ratio of the best one means the match is
-    # ambiguous (sparse or repeated structure, blobs landing on other blobs): no pair
+    # significance and uniqueness in one scale-free test: the correlation surface's own
+    # noise (robust spread of its values over the searched shifts, ~1 um around the peak
+    # left out) is the unit; the peak must stand min_peak_separation units above the best
+    # other peak. A dim movie correlates weakly everywhere, so its right peaks pass as a
+    # bright one's do; a repeated pattern or structure that matches at several shifts
+    # (blobs landing on other blobs) does not
     far = np.hypot(yy - iy, xx - ix) > max(2.0, 1.0 / (px * c))
-    second = float(win[far].max()) if far.any() else -np.inf
-    if not win[iy, ix] > 0 or second > config.max_peak_ratio * win[iy, ix]:
+    off = win[far & np.isfinite(win)]
+    if not win[iy, ix] > 0 or len(off) < 16:
+        return 0.0, 0.0, math.nan
+    med = float(np.median(off))
+    spread = 1.4826 * float(np.median(np.abs(off - med)))
+    if not spread > 0 or (win[iy, ix] - off.max()) / spread < config.min_peak_separation:
         return 0.0, 0.0, math.nan
     d = np.array([(iy - oy) * c, (ix - ox) * c], dtype=np.int64)
     dy, dx, q = _local_peak(a, b, ma, mb, d.astype(np.float64), c + 1.0, k, area,
@@ -474,8 +502,8 @@ def register_pair(
     pa = prepare_frame(a, prev_mask, pixel_size_um=pixel_size_um, config=config)
     pb = prepare_frame(b, cur_mask, pixel_size_um=pixel_size_um, config=config)
     out = register_prepared(pa, pb, pixel_size_um=pixel_size_um, config=config)
-    if not out[2] >= config.min_quality:
-        log.info("drift: low registration quality %.3f for a frame pair", out[2])
+    if not np.isfinite(out[2]):
+        log.info("drift: no significant unique correlation peak for a frame pair")
     return out
 
 
@@ -618,7 +646,8 @@ def register_products(
 OUTLIER_SCALE = 4.0
 
 
-def _consensus_drift(i: np.ndarray, j: np.ndarray, y: np.ndarray, n: int) -> np.ndarray:
+def _consensus_drift(i: np.ndarray, j: np.ndarray, y: np.ndarray, n: int,
+                     weight: np.ndarray | None = None) -> np.ndarray:
     """Drift per frame that satisfies most pairs: least absolute deviations over the graph.
 
     Minimises ``sum |D_j - D_i - y_ij|`` per axis (a linear programme, HiGHS). Unlike least
@@ -640,7 +669,8 @@ def _consensus_drift(i: np.ndarray, j: np.ndarray, y: np.ndarray, n: int) -> np.
                            (np.r_[rows, rows], np.r_[rj, ri])), shape=(len(rows), n))[:, 1:]
     slack = sparse.identity(len(rows), format="csr")
     a_ub = sparse.vstack([sparse.hstack([a, -slack]), sparse.hstack([-a, -slack])]).tocsr()
-    cost = np.r_[np.zeros(n - 1), np.ones(m), np.full(n - 1, prior_w)]
+    w = np.ones(m) if weight is None else np.asarray(weight, dtype=np.float64)
+    cost = np.r_[np.zeros(n - 1), w, np.full(n - 1, prior_w)]
     bounds = [(None, None)] * (n - 1) + [(0, None)] * len(rows)
     out = np.zeros((n, 2))
     for comp in range(2):
@@ -652,16 +682,48 @@ def _consensus_drift(i: np.ndarray, j: np.ndarray, y: np.ndarray, n: int) -> np.
     return out
 
 
-def drift_from_edges(edges: Any, n_frames: int, *,
-                     config: DriftConfig | None = None) -> pd.DataFrame:
+def _bridges(i: np.ndarray, j: np.ndarray, n: int) -> np.ndarray:
+    """Per pair: True where its frame pair is a bridge of the pair graph.
+
+    A bridge is a frame pair on no cycle of pairs: no other path of pairs reaches from one
+    of its frames to the other, so nothing can confirm its shift. Only the edges of a
+    spanning forest can be bridges; each is tested by removing it (scipy's connected
+    components), which is cheap for the few thousand pairs of a long movie.
+    """
+    from scipy.sparse.csgraph import breadth_first_tree, connected_components
+
+    out = np.zeros(len(i), dtype=bool)
+    if len(i) == 0:
+        return out
+    u, v = np.minimum(i, j), np.maximum(i, j)
+    pairs = np.unique(np.column_stack([u, v]), axis=0)
+    adj = sparse.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])),
+                            shape=(n, n)).tocsr()
+    adj = (adj + adj.T).tocsr()
+    n_comp = connected_components(adj, directed=False)[0]
+    tree = sparse.csr_matrix((n, n))
+    for root in np.unique(connected_components(adj, directed=False)[1], return_index=True)[1]:
+        tree = tree + breadth_first_tree(adj, int(root), directed=False)
+    tu, tv = sparse.triu(tree + tree.T).nonzero()
+    for a, b in zip(tu, tv, strict=True):
+        keep = (pairs[:, 0] != a) | (pairs[:, 1] != b)
+        cut = sparse.csr_matrix((np.ones(int(keep.sum())), (pairs[keep, 0], pairs[keep, 1])),
+                                shape=(n, n))
+        if connected_components(cut, directed=False)[0] > n_comp:
+            out |= (u == a) & (v == b)
+    return out
+
+
+def drift_from_edges(edges: Any, n_frames: int, *, config: DriftConfig | None = None,
+                     fiducial_edges: Any = None, confirm: bool = True) -> pd.DataFrame:
     """Cumulative drift from pair shifts ``[(i, j, dy, dx, quality), ...]`` (``D_j - D_i``).
 
-    Pairs with quality below ``min_quality`` (or NaN) are left out (below
-    ``fallback_min_quality`` when the pairs above ``min_quality`` reach fewer than half of the
-    frames: a dim movie). The rest first give the
-    consensus drift (:func:`_consensus_drift`, least absolute deviations): a pair more than
-    ``OUTLIER_SCALE * consistency_px`` from it matched a wrong peak (moving structure, a
-    repeated pattern) and is dropped. The rest are solved by
+    Pairs without a quality (NaN: no significant, unique peak, see :func:`register_prepared`)
+    are left out. ``fiducial_edges`` (:func:`fiducial_edges`: ``(i, j, dy, dx, support)``)
+    join them, each voting in the consensus with its number of agreeing migrasomes. The
+    pairs first give the consensus drift (:func:`_consensus_drift`, least absolute
+    deviations): a pair more than ``OUTLIER_SCALE * consistency_px`` from it matched a
+    wrong peak (moving structure, a repeated pattern) and is dropped. The rest are solved by
     least squares with Cauchy reweighting (scale ``consistency_px``), so that a pair that
     disagrees with the redundant ones loses its weight; a weak prior (first differences of
     the drift near 0) fills frames that no reliable pair reaches: linear interpolation inside
@@ -681,30 +743,42 @@ def drift_from_edges(edges: Any, n_frames: int, *,
     quality = np.full(n, np.nan)
     if n:
         quality[0] = 1.0
-    good = arr[:, 4] >= config.min_quality
-    reached = np.zeros(n, dtype=bool)
-    reached[arr[good, 0].astype(np.int64)] = True
-    reached[arr[good, 1].astype(np.int64)] = True
-    if n >= 2 and reached.mean() < 0.5 and config.fallback_min_quality < config.min_quality:
-        log.info("drift: pairs of quality >= %.2f reach only %d of %d frames (a dim movie); "
-                 "using pairs down to %.2f", config.min_quality, int(reached.sum()), n,
-                 config.fallback_min_quality)
-        good = arr[:, 4] >= config.fallback_min_quality
+    good = np.isfinite(arr[:, 4])
     if n < 2:
         return pd.DataFrame({"frame": np.arange(n, dtype=np.int64), "dy_px": np.zeros(n),
                              "dx_px": np.zeros(n), "quality": quality,
                              "registered": np.zeros(n, dtype=bool)})
     e = arr[good]
+    fid = np.asarray(list(fiducial_edges if fiducial_edges is not None else []),
+                     dtype=np.float64).reshape(-1, 5)
+    n_img = len(e)
+    e = np.vstack([e, fid])
+    is_img = np.arange(len(e)) < n_img
     i, j = e[:, 0].astype(np.int64), e[:, 1].astype(np.int64)
     n_out = 0
+    if confirm and n >= 3 and config.pair_gap >= 2:
+        # a pair that no other path of pairs confirms (a bridge of the pair graph: e.g. the
+        # only pair left between early frames with moving structure and the rest) cannot
+        # be checked by the consensus, and is not used; parallel pairs (an image and a
+        # fiducial pair of the same frames) confirm each other when they agree
+        bridge = _bridges(i, j, n)
+        for a, b in {(int(x), int(y)) for x, y in zip(i[bridge], j[bridge], strict=True)}:
+            same = np.flatnonzero((i == a) & (j == b))
+            spread = np.hypot(*(e[same, 2:4] - np.median(e[same, 2:4], axis=0)).T).max()
+            if len(same) >= 2 and spread <= OUTLIER_SCALE * config.consistency_px:
+                bridge[same] = False
+        n_out += int(bridge.sum())
+        e, i, j, is_img = e[~bridge], i[~bridge], j[~bridge], is_img[~bridge]
     if len(e):
-        start = _consensus_drift(i, j, e[:, 2:4], n)
+        # votes: an image pair is one measurement; a fiducial pair is as many as the static
+        # migrasomes that agree on it (independent objects, each fixed to the coverslip)
+        start = _consensus_drift(i, j, e[:, 2:4], n, np.where(is_img, 1.0, e[:, 4]))
         res0 = np.hypot(*(start[j] - start[i] - e[:, 2:4]).T)
         inlier = res0 <= OUTLIER_SCALE * config.consistency_px
-        n_out = int((~inlier).sum())
-        e, i, j = e[inlier], i[inlier], j[inlier]
-    for jj in np.unique(j):
-        quality[jj] = e[j == jj, 4].max()
+        n_out += int((~inlier).sum())
+        e, i, j, is_img = e[inlier], i[inlier], j[inlier], is_img[inlier]
+    for jj in np.unique(j[is_img]):
+        quality[jj] = e[is_img & (j == jj), 4].max()
     registered = np.zeros(n, dtype=bool)  # frames that some reliable pair reaches
     registered[i] = True
     registered[j] = True
@@ -741,8 +815,107 @@ def drift_from_edges(edges: Any, n_frames: int, *,
     if (~good).any() or n_down or n_out:
         log.info("drift: %d of %d frame pairs unreliable, %d outliers, %d inconsistent ones "
                  "down-weighted", int((~good).sum()), len(arr), n_out, n_down)
-    return pd.DataFrame({"frame": np.arange(n, dtype=np.int64), "dy_px": out[:, 0],
-                         "dx_px": out[:, 1], "quality": quality, "registered": registered})
+    table = pd.DataFrame({"frame": np.arange(n, dtype=np.int64), "dy_px": out[:, 0],
+                          "dx_px": out[:, 1], "quality": quality, "registered": registered})
+    # the image pairs travel with the table, so refine_drift can solve them again together
+    # with the fiducial pairs (a list of tuples: attrs are compared when tables are joined)
+    table.attrs["pair_edges"] = [tuple(map(float, r)) for r in arr]
+    return table
+
+
+def _point_pair_shift(p: np.ndarray, q: np.ndarray, *, max_jump: float, tol: float,
+                      area: float, max_nfa: float) -> tuple[float, float, int] | None:
+    """Common shift of two point sets (static objects seen in two frames), or None.
+
+    Every displacement ``q_b - p_a`` up to ``max_jump`` is a candidate; its support is the
+    number of one-to-one point pairs whose displacement agrees with it within ``tol``. The
+    best-supported candidate is accepted when it is not explained by chance (an a-contrario
+    test: ``max_nfa`` is the expected number of false detections): with the points placed at
+    random over ``area``, a candidate gathers ``Poisson(n_p n_q pi tol^2 / area)`` other
+    chance coincidences, and one of the candidates is the best. The shift is the median of
+    the agreeing displacements.
+
+    Written by hand: a displacement-voting (Hough) match of two small point sets with a
+    chance-coincidence test; scipy has the nearest-neighbour queries (cKDTree), not this.
+    """
+    from scipy.spatial import cKDTree
+    from scipy.stats import poisson
+
+    if len(p) == 0 or len(q) == 0:
+        return None
+    near = cKDTree(p).query_ball_tree(cKDTree(q), max_jump)
+    ia = np.repeat(np.arange(len(p)), [len(x) for x in near])
+    ib = np.fromiter((b for x in near for b in x), dtype=np.int64, count=len(ia))
+    if len(ia) == 0:
+        return None
+    v = q[ib] - p[ia]
+    groups = cKDTree(v).query_ball_point(v, tol)
+    # one-to-one support (distinct points on both sides) of the candidates, largest groups
+    # first: a group smaller than the best support found cannot beat it
+    size = np.fromiter((len(g) for g in groups), dtype=np.int64, count=len(groups))
+    k, s = 0, 0
+    for c in np.argsort(-size, kind="stable"):
+        if size[c] <= s:
+            break
+        g = groups[c]
+        sup = min(len(np.unique(ia[g])), len(np.unique(ib[g])))
+        if sup > s:
+            k, s = int(c), sup
+    lam = len(p) * len(q) * math.pi * tol**2 / max(area, 1.0)
+    if s < 2 or len(v) * float(poisson.sf(s - 2, lam)) > max_nfa:
+        return None
+    sel = np.hypot(*(v - v[groups[k]].mean(axis=0)).T) <= tol
+    dy, dx = np.median(v[sel], axis=0)
+    return float(dy), float(dx), s
+
+
+def fiducial_edges(
+    detections: pd.DataFrame,
+    n_frames: int,
+    *,
+    pixel_size_um: float,
+    config: DriftConfig | None = None,
+) -> list[tuple[int, int, float, float, float]]:
+    """Pair shifts from the migrasome detections (static fiducials), for :func:`pair_list`.
+
+    Migrasomes stay where they were left on the coverslip, so between two frames the
+    detections of the same migrasomes all move by the stage drift, wherever they are (also
+    on top of cells, which the image registration masks out). Each pair's shift is found
+    by displacement voting with a chance-coincidence test (:func:`_point_pair_shift`), so
+    it needs no linking and no starting guess: a few agreeing detections in a sparse frame
+    suffice, and the shift that most detections share wins in a dense one. The area for the
+    test is the detections' bounding box (a smaller area only makes the test stricter).
+
+    Returns
+    -------
+    list
+        ``(i, j, dy_px, dx_px, support)`` for the pairs with a significant common shift
+        (support: the agreeing detections).
+    """
+    config = config or DriftConfig()
+    n = int(n_frames)
+    if n < 2 or len(detections) == 0:
+        return []
+    f = detections["frame"].to_numpy(np.int64)
+    yx = detections[["y_px", "x_px"]].to_numpy(np.float64)
+    ok = np.isfinite(yx).all(axis=1) & (f >= 0) & (f < n)
+    f, yx = f[ok], yx[ok]
+    if len(f) == 0:
+        return []
+    area = float(np.prod(np.ptp(yx, axis=0) + 1.0))
+    order = np.lexsort((yx[:, 1], yx[:, 0], f))  # independent of the detections' row order
+    f, yx = f[order], yx[order]
+    bounds = np.searchsorted(f, np.arange(n + 1))
+    pts = [yx[bounds[t]: bounds[t + 1]] for t in range(n)]
+    px = float(pixel_size_um)
+    out = []
+    for i, j in pair_list(n, config=config):
+        r = _point_pair_shift(pts[i], pts[j], max_jump=config.max_jump_um / px,
+                              tol=config.fiducial_tolerance_um / px, area=area,
+                              max_nfa=config.fiducial_max_nfa)
+        if r is not None:
+            out.append((i, j, r[0], r[1], float(r[2])))
+    return out
 
 
 def drift_from_pairs(pair_shifts: Any, *, config: DriftConfig | None = None) -> pd.DataFrame:
@@ -754,7 +927,7 @@ def drift_from_pairs(pair_shifts: Any, *, config: DriftConfig | None = None) -> 
     arr = np.asarray(list(pair_shifts), dtype=np.float64).reshape(-1, 3)
     k = np.arange(len(arr), dtype=np.float64)
     edges = np.column_stack([k, k + 1, arr]) if len(arr) else np.zeros((0, 5))
-    return drift_from_edges(edges, len(arr) + 1, config=config)
+    return drift_from_edges(edges, len(arr) + 1, config=config, confirm=False)
 
 
 def estimate_drift(
@@ -794,6 +967,36 @@ def estimate_drift(
     return drift_from_edges(edges, n_t, config=config)
 
 
+def _with_fiducial_pairs(detections: pd.DataFrame, drift: pd.DataFrame, out: pd.DataFrame, *,
+                         pixel_size_um: float, config: DriftConfig) -> pd.DataFrame:
+    """The pair solution again, with the migrasome detections' pair shifts added.
+
+    The image pairs are those of :func:`drift_from_edges` (``drift.attrs["pair_edges"]``);
+    a table without them (made by hand) stands for its registered frames by the chain of
+    their drift differences. Frames that no image pair reached (e.g. early frames whose
+    fixed structure all lies on cells) get their drift from the fiducials, and where the
+    two disagree the consensus over the pair graph decides.
+    """
+    n = len(out)
+    if not np.array_equal(out["frame"].to_numpy(), np.arange(n)):
+        return out
+    fid = fiducial_edges(detections, n, pixel_size_um=pixel_size_um, config=config)
+    if not fid:
+        return out
+    img = drift.attrs.get("pair_edges")
+    if img is None:
+        reg = (out["registered"].to_numpy(bool) if "registered" in out.columns
+               else np.ones(n, dtype=bool))
+        t = np.flatnonzero(reg)
+        d = out[["dy_px", "dx_px"]].to_numpy(np.float64)
+        img = [(a, b, *(d[b] - d[a]), 1.0) for a, b in zip(t[:-1], t[1:], strict=True)]
+    new = drift_from_edges(img, n, config=config, fiducial_edges=fid)
+    out = out.copy()
+    out["dy_px"], out["dx_px"] = new["dy_px"].to_numpy(), new["dx_px"].to_numpy()
+    out["registered"] = new["registered"].to_numpy()
+    return out
+
+
 def refine_drift(
     detections: pd.DataFrame,
     drift: pd.DataFrame,
@@ -826,6 +1029,8 @@ def refine_drift(
     out = drift.sort_values("frame").reset_index(drop=True).copy()
     if not config.refine or len(detections) == 0 or len(out) < 2:
         return out
+    out = _with_fiducial_pairs(detections, drift, out, pixel_size_um=pixel_size_um,
+                               config=config)
     det = detections
     if "track_id" not in det.columns:
         det = link_migrasomes(det, pixel_size_um=pixel_size_um, config=tracking_config,
