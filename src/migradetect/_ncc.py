@@ -16,6 +16,7 @@ import math
 
 import numpy as np
 from numba import njit
+from scipy.fft import irfft2, next_fast_len, rfft2
 
 
 @njit(cache=True, nogil=True, fastmath=True)
@@ -57,3 +58,45 @@ def masked_ncc(a: np.ndarray, b: np.ndarray, fa: np.ndarray, fb: np.ndarray, dy:
     vb = sbb - sb * sb / n
     den = math.sqrt(va * vb) if va > 0 and vb > 0 else 0.0
     return (cov / den if den > 0 else math.nan), int(n)
+
+
+def _corr(f: np.ndarray, g: np.ndarray, shape: tuple[int, int], r: int) -> np.ndarray:
+    """``sum_x f(x) g(x + d)`` for every ``|dy|, |dx| <= r``, as a ``(2r+1, 2r+1)`` array
+    indexed ``[dy + r, dx + r]`` (``f``, ``g``: real spectra ``rfft2`` of zero-padded arrays)."""
+    full = irfft2(np.conj(f) * g, s=shape, workers=1)
+    idx = np.r_[shape[0] - r: shape[0], 0: r + 1], np.r_[shape[1] - r: shape[1], 0: r + 1]
+    return full[np.ix_(*idx)]
+
+
+def masked_ncc_map(a: np.ndarray, b: np.ndarray, ma: np.ndarray, mb: np.ndarray, r: int,
+                   overlap_ratio: float = 0.3) -> np.ndarray:
+    """:func:`masked_ncc` at every shift ``|dy|, |dx| <= r`` at once, by FFT.
+
+    The same statistic as the per-shift one (Pearson correlation over the pixels valid in
+    both frames; Padfield's masked normalised cross-correlation). Returns a ``(2r+1, 2r+1)``
+    float64 map indexed ``[dy + r, dx + r]``; NaN where the overlap has fewer than
+    ``overlap_ratio`` times the largest overlap in the map (or 16 pixels), or a side is
+    constant. Unlike a full-frame masked correlation (every shift up to the frame size),
+    the arrays are zero-padded only by ``r``: a search over a few pixels costs FFTs of about
+    the frame's own size.
+    """
+    fa, fb = ma.astype(np.float64), mb.astype(np.float64)
+    a64 = np.where(ma, a, 0.0).astype(np.float64)
+    b64 = np.where(mb, b, 0.0).astype(np.float64)
+    shape = tuple(next_fast_len(int(n) + r, real=True) for n in a.shape)
+    spec = [rfft2(x, s=shape, workers=1) for x in (fa, a64, a64 * a64, fb, b64, b64 * b64)]
+    sfa, sa_, saa_, sfb, sb_, sbb_ = spec
+    n = np.rint(_corr(sfa, sfb, shape, r))
+    sa = _corr(sa_, sfb, shape, r)
+    sb = _corr(sfa, sb_, shape, r)
+    sab = _corr(sa_, sb_, shape, r)
+    saa = _corr(saa_, sfb, shape, r)
+    sbb = _corr(sfa, sbb_, shape, r)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cov = sab - sa * sb / n
+        va = np.maximum(saa - sa * sa / n, 0.0)
+        vb = np.maximum(sbb - sb * sb / n, 0.0)
+        out = cov / np.sqrt(va * vb)
+    bad = (n < max(16.0, overlap_ratio * float(n.max()))) | ~(va > 0) | ~(vb > 0)
+    out[bad] = np.nan
+    return np.clip(out, -1.0, 1.0)
