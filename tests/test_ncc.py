@@ -48,3 +48,21 @@ def test_masked_ncc_too_little_overlap_is_nan():
     assert math.isnan(q) and n == 4
     q, n = masked_ncc(a, a, f, f, 0, 0)  # constant: no correlation defined
     assert math.isnan(q) and n == 100
+
+
+def test_masked_ncc_map_equals_the_per_shift_statistic():
+    from migradetect._ncc import masked_ncc_map
+
+    rng = np.random.default_rng(11)
+    base = rng.standard_normal((50, 44))
+    b = np.roll(base, (-2, 3), axis=(0, 1)) + 0.4 * rng.standard_normal(base.shape)
+    ma, mb = rng.random(base.shape) > 0.3, rng.random(base.shape) > 0.2
+    a0, b0 = np.where(ma, base, 0).astype(np.float32), np.where(mb, b, 0).astype(np.float32)
+    r = 4
+    m = masked_ncc_map(a0, b0, ma, mb, r)
+    assert m.shape == (2 * r + 1, 2 * r + 1)
+    assert np.unravel_index(np.nanargmax(m), m.shape) == (-2 + r, 3 + r)
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            q, _ = masked_ncc(a0, b0, ma.astype(np.float32), mb.astype(np.float32), dy, dx)
+            assert m[dy + r, dx + r] == pytest.approx(q, abs=1e-6)
