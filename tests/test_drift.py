@@ -368,3 +368,22 @@ def test_refine_fills_frames_without_image_pairs_from_fiducials():
     refined = refine_drift(det, coarse, pixel_size_um=PX)
     err = np.hypot(refined.dy_px - truth[:, 0], refined.dx_px - truth[:, 1])
     assert np.sqrt(np.mean(err**2)) < 0.2 and err.max() < 0.4 and refined.registered.all()
+
+
+def test_cell_margin_grown_in_boxes_equals_the_full_distance_transform():
+    from scipy import ndimage as ndi
+
+    from migradetect.drift import _grown
+
+    rng = np.random.default_rng(5)
+    yy, xx = np.ogrid[:120, :110]
+    for _ in range(10):
+        m = np.zeros((120, 110), bool)
+        for _ in range(rng.integers(1, 6)):  # discs, some touching the border or each other
+            y, x, r = rng.integers(0, 120), rng.integers(0, 110), rng.integers(1, 25)
+            m |= (yy - y) ** 2 + (xx - x) ** 2 <= r * r
+        for margin in (1.5, 6.7, 15.0):
+            full = ndi.distance_transform_edt(~m) <= margin
+            np.testing.assert_array_equal(_grown(m, margin), full)
+    empty = np.zeros((20, 20), bool)
+    assert not _grown(empty, 3.0).any()
