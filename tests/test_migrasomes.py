@@ -418,3 +418,61 @@ def test_off_centre_ring_candidate_is_not_two_rim_blobs():
                  seed=4).astype(float)
     assert two_shells_fit_better(pair, (41.0, 40.0, 7.2), (40.0, 35.0, 5.0), (40.0, 45.0, 5.0),
                                  psf_px, 20.0)
+
+
+def _rim_merge_inputs(frame, objs, psf_px):
+    """Arrays as detect_migrasomes passes them to _merge_rim_pieces, for accepted ``objs``
+    ((y, x, radius px) each): offset = the known background, peak = the frame's maximum
+    near each object above it, noise = Poisson noise of the background."""
+    cy = np.array([o[0] for o in objs], float)
+    cx = np.array([o[1] for o in objs], float)
+    radius = np.array([o[2] for o in objs], float)
+    peak = np.array([frame[int(y) - 2:int(y) + 3, int(x) - 2:int(x) + 3].max() - 100.0
+                     for y, x, _ in objs])
+    n = len(objs)
+    fit = {"radius_px": radius.copy(), "amplitude": np.ones(n), "offset": np.full(n, 100.0),
+           "peak": peak, "r2": np.full(n, 0.9)}
+    return cy, cx, radius, fit, peak / 10.0, np.full(n, 10.0)
+
+
+def test_rim_pieces_of_a_ring_become_one_and_a_tangent_pair_stays_two():
+    """Known answers for the rim rule: a 2 um ring-like migrasome with a bright rim, whose rim
+    gave two accepted small objects (its own candidate lost), is one object of 2 um at its
+    centre; two tangent 2 um vesicles accepted as two stay two."""
+    from migradetect._blobfit import one_shell_fits_better
+    from migradetect.migrasomes import _merge_rim_pieces
+
+    px = 0.1
+    psf_px = float(np.sqrt((PSF / px) ** 2 + 1 / 12))
+    for seed in (3, 4, 5):
+        ring = noisy(render((80, 80), [(40.0, 40.0, 2.0, 20000)]), seed=seed).astype(np.float32)
+        pieces = [(40.3, 31.0, 2.5), (39.6, 49.2, 3.0)]  # on the rim, left and right
+        assert one_shell_fits_better(ring, (40.0, 40.0, 10.0), *pieces, psf_px, 30.0)
+        cy, cx, radius, fit, snr, nz = _rim_merge_inputs(ring, pieces, psf_px)
+        kept = _merge_rim_pieces(ring, np.arange(2), cy, cx, radius, fit, snr, nz, psf_px,
+                                 30.0, 20.0, 2.0)
+        assert len(kept) == 1
+        k = kept[0]
+        assert (cy[k], cx[k]) == pytest.approx((40.0, 40.0), abs=1.0)
+        assert 2 * radius[k] * px == pytest.approx(2.0, rel=0.08)
+
+        pair = noisy(render((80, 80), [(40.0, 30.0, 2.0, 20000), (40.0, 50.0, 2.0, 20000)]),
+                     seed=seed).astype(np.float32)
+        objs = [(40.0, 30.0, 10.0), (40.0, 50.0, 10.0)]
+        assert not one_shell_fits_better(pair, (40.0, 40.0, 10.0), *objs, psf_px, 30.0)
+        cy, cx, radius, fit, snr, nz = _rim_merge_inputs(pair, objs, psf_px)
+        kept = _merge_rim_pieces(pair, np.arange(2), cy, cx, radius, fit, snr, nz, psf_px,
+                                 30.0, 20.0, 2.0)
+        assert sorted(kept.tolist()) == [0, 1]
+        assert cx.tolist() == [30.0, 50.0]  # untouched
+
+
+def test_ring_with_bright_rim_is_one_detection():
+    # end to end: one 2 um ring-like migrasome -> one detection of 2 um at its centre (two
+    # tangent vesicles -> two: test_touching_vesicles_are_two, 1.5 um, centres one diameter
+    # apart)
+    for seed in (1, 2, 3):
+        det = detect(noisy(render((100, 100), [(50.0, 50.0, 2.0, 20000)]), seed=seed))
+        assert len(det) == 1
+        assert det["diameter_um"].iloc[0] == pytest.approx(2.0, rel=0.05)
+        assert det[["y_px", "x_px"]].to_numpy()[0] == pytest.approx([50.0, 50.0], abs=0.5)

@@ -613,6 +613,86 @@ def two_shells_fit_better(image: np.ndarray, big: tuple[float, float, float],
     return bool(sse2 < best)
 
 
+def one_shell_fits_better(image: np.ndarray, shell: tuple[float, float, float],
+                          a: tuple[float, float, float], b: tuple[float, float, float],
+                          psf_px: float, r_table_max: float,
+                          others: tuple[tuple[float, float, float], ...] = ()) -> bool:
+    """Whether ONE vesicle ``shell`` explains the image around it better than ``a`` and ``b``.
+
+    The converse of :func:`two_shells_fit_better`, for two accepted objects that may be
+    pieces of the rim of one ring-like vesicle (a large thin shell seen through a sharp PSF
+    breaks, in noise, into bright arcs that the scale space finds as small blobs). Each
+    argument is ``(y, x, shell radius)`` in px. On the pixels within ``shell``'s radius plus
+    4 PSF sigmas, the one shell (amplitude + offset; its best over centres +-1 px and radii
+    +-15 %) wins when its residual is below that of ``a`` + ``b`` with two free amplitudes
+    and an offset (unconstrained: a lower bound of the physical fit, so the one shell must
+    beat the pair at its best). Two touching vesicles are two filled disks, which no ring
+    through their centres explains; the rim of a ring is not a second vesicle. ``others``
+    (``(y, x, radius)`` each) are further objects reaching into the window: intensities add,
+    so each enters both models with its own free amplitude (neither model is credited with
+    a neighbour's light).
+    """
+    radii, table = model_table(round(float(psf_px), 3), float(np.ceil(r_table_max)))
+    img = np.asarray(image)
+    ny, nx = img.shape
+    y0, x0, r0 = shell
+    reach = r0 + 4.0 * psf_px
+    half = int(np.ceil(reach + 1.0))
+    yy = np.arange(int(round(y0)) - half, int(round(y0)) + half + 1)
+    xx = np.arange(int(round(x0)) - half, int(round(x0)) + half + 1)
+    yy, xx = yy[(yy >= 0) & (yy < ny)], xx[(xx >= 0) & (xx < nx)]
+    if yy.size < 3 or xx.size < 3:
+        return False
+    gy, gx = np.meshgrid(yy, xx, indexing="ij")
+    inside = np.hypot(gy - y0, gx - x0) <= reach
+    py, px = gy[inside], gx[inside]
+    vals = img[py, px].astype(np.float64)
+    pos = np.arange(table.shape[1])
+
+    def row(r: float) -> np.ndarray:
+        k = float(np.interp(r, radii, np.arange(len(radii))))
+        k0 = min(int(k), len(radii) - 2)
+        return table[k0] * (1.0 - (k - k0)) + table[k0 + 1] * (k - k0)
+
+    def shells(objs) -> list[np.ndarray]:
+        return [np.interp(np.hypot(py - y, px - x) / _DR, pos, row(r)) for y, x, r in objs]
+
+    # the shared part of both models (offset, neighbours) is projected out of everything:
+    # then each model's own columns are fitted to what is left
+    q = np.linalg.qr(np.stack(shells(others) + [np.ones(vals.size)], axis=1))[0]
+
+    def resid(v: np.ndarray) -> np.ndarray:
+        return v - (v @ q) @ q.T
+
+    dv = resid(vals)
+    design = resid(np.stack(shells((a, b)), axis=1).T)
+    try:
+        c2 = np.linalg.lstsq(design.T, dv, rcond=None)[0]
+    except np.linalg.LinAlgError:
+        return False
+    r2 = dv - c2 @ design
+    sse2 = float(r2 @ r2)
+    def sse1(m: np.ndarray) -> np.ndarray:  # amplitude, closed form, per row
+        m = resid(m)
+        cov = m @ dv
+        var_m = np.maximum(np.einsum("ij,ij->i", m, m), 1e-30)
+        return float(dv @ dv) - np.where(cov > 0, cov * cov / var_m, 0.0)
+
+    # the best centre (+-1 px) at the fitted radius, then the radius (+-15 %) there: 11
+    # models, not the 27 of the full grid (the two are nearly independent for a thin ring)
+    off = np.array([-1.0, 0.0, 1.0])
+    cyy, cxx = np.meshgrid(y0 + off, x0 + off, indexing="ij")
+    cyy, cxx = cyy.ravel(), cxx.ravel()
+    e = sse1(np.interp(np.hypot(py[None, :] - cyy[:, None], px[None, :] - cxx[:, None]) / _DR,
+                       pos, row(r0)))
+    j = int(np.argmin(e))
+    if e[j] < sse2:
+        return True
+    dist = np.hypot(py - cyy[j], px - cxx[j]) / _DR
+    e2 = sse1(np.stack([np.interp(dist, pos, row(r0 * fr)) for fr in (0.85, 1.15)]))
+    return bool(e2.min() < sse2)
+
+
 def select_objects(cy: np.ndarray, cx: np.ndarray, radius: np.ndarray, strength: np.ndarray,
                    isotropy: np.ndarray, psf_px: float,
                    pair_test: Callable[[int, int, int], bool] | None = None) -> np.ndarray:
