@@ -533,6 +533,23 @@ def _spoke_through_centre(rings: tuple, si: np.ndarray, sk: np.ndarray) -> np.nd
     return np.exp(-0.5 * np.maximum(h / s_line[si] - LINE_PLACEMENT_SIGMAS, 0.0) ** 2)
 
 
+def _window_pixels(img: np.ndarray, y0: float, x0: float, reach: float
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Rows, columns and float64 values of the pixels within ``reach`` px of ``(y0, x0)``
+    (clipped to the image); None when fewer than 3 rows or columns remain."""
+    ny, nx = img.shape
+    half = int(np.ceil(reach + 1.0))
+    yy = np.arange(int(round(y0)) - half, int(round(y0)) + half + 1)
+    xx = np.arange(int(round(x0)) - half, int(round(x0)) + half + 1)
+    yy, xx = yy[(yy >= 0) & (yy < ny)], xx[(xx >= 0) & (xx < nx)]
+    if yy.size < 3 or xx.size < 3:
+        return None
+    gy, gx = np.meshgrid(yy, xx, indexing="ij")
+    inside = np.hypot(gy - y0, gx - x0) <= reach
+    py, px = gy[inside], gx[inside]
+    return py, px, img[py, px].astype(np.float64)
+
+
 def two_shells_fit_better(image: np.ndarray, big: tuple[float, float, float],
                           a: tuple[float, float, float], b: tuple[float, float, float],
                           psf_px: float, r_table_max: float,
@@ -551,18 +568,11 @@ def two_shells_fit_better(image: np.ndarray, big: tuple[float, float, float],
     """
     radii, table = model_table(round(float(psf_px), 3), float(np.ceil(r_table_max)))
     img = np.asarray(image)
-    ny, nx = img.shape
     y0, x0, r0 = big
-    half = int(np.ceil(r0 + 4.0 * psf_px + 1.0))
-    yy = np.arange(int(round(y0)) - half, int(round(y0)) + half + 1)
-    xx = np.arange(int(round(x0)) - half, int(round(x0)) + half + 1)
-    yy, xx = yy[(yy >= 0) & (yy < ny)], xx[(xx >= 0) & (xx < nx)]
-    if yy.size < 3 or xx.size < 3:
+    window = _window_pixels(img, y0, x0, r0 + 4.0 * psf_px)
+    if window is None:
         return False
-    gy, gx = np.meshgrid(yy, xx, indexing="ij")
-    inside = np.hypot(gy - y0, gx - x0) <= r0 + 4.0 * psf_px
-    py, px = gy[inside], gx[inside]
-    vals = img[py, px].astype(np.float64)
+    py, px, vals = window
     pos = np.arange(table.shape[1])
 
     def shell(y: float, x: float, r: float) -> np.ndarray:
@@ -634,19 +644,12 @@ def one_shell_fits_better(image: np.ndarray, shell: tuple[float, float, float],
     """
     radii, table = model_table(round(float(psf_px), 3), float(np.ceil(r_table_max)))
     img = np.asarray(image)
-    ny, nx = img.shape
     y0, x0, r0 = shell
     reach = r0 + 4.0 * psf_px
-    half = int(np.ceil(reach + 1.0))
-    yy = np.arange(int(round(y0)) - half, int(round(y0)) + half + 1)
-    xx = np.arange(int(round(x0)) - half, int(round(x0)) + half + 1)
-    yy, xx = yy[(yy >= 0) & (yy < ny)], xx[(xx >= 0) & (xx < nx)]
-    if yy.size < 3 or xx.size < 3:
+    window = _window_pixels(img, y0, x0, reach)
+    if window is None:
         return False
-    gy, gx = np.meshgrid(yy, xx, indexing="ij")
-    inside = np.hypot(gy - y0, gx - x0) <= reach
-    py, px = gy[inside], gx[inside]
-    vals = img[py, px].astype(np.float64)
+    py, px, vals = window
     pos = np.arange(table.shape[1])
 
     def row(r: float) -> np.ndarray:
