@@ -320,3 +320,30 @@ def test_evaluation_counts_what_cells_csv_counts():
     assert s["count_abs_error_mean"] == 0.5 and s["count_exact_fraction"] == 0.5
     # n_frames inferred from the tables' last frames (19 -> 20 frames) gives the same
     assert assignment_scores(truth, extra, matching)["count_abs_error_mean"] == 0.5
+
+
+def test_growth_curves_draw_only_the_tracks_that_count():
+    from migradetect.plots import counted_only, growth_curves_figure
+
+    # movie a: 20 frames; b: 10 frames
+    tracks = pd.DataFrame({
+        "experiment": "e",
+        "movie": ["a", "a", "a", "b", "b"],
+        "track_id": [1, 2, 3, 1, 2],
+        "first_frame": [2, 3, 17, 1, 2],
+        "last_frame": [12, 5, 19, 3, 9],
+        "n_frames": [11, 3, 3, 3, 8],
+        "short_track": [False, False, False, False, False],
+        "born_before_start": [False, False, False, False, False],
+        "birth_time_s": [60.0, 90.0, 510.0, 30.0, 60.0],
+    })
+    kept = counted_only(tracks, {"a": 20, "b": 10})
+    # a/2: 3 frames, lost long before the end; b/1 likewise; a/3 is still there at the end
+    assert list(zip(kept["movie"], kept["track_id"])) == [("a", 1), ("a", 3), ("b", 2)]
+    assert counted_only(tracks, {"a": 20}).shape[0] == 2  # b unknown: left out
+    rows = [(m, t, f, f * 30.0, 1.0) for m, t, a, b in zip(tracks.movie, tracks.track_id,
+                                                            tracks.first_frame, tracks.last_frame)
+            for f in range(a, b + 1)]
+    mig = pd.DataFrame(rows, columns=["movie", "track_id", "frame", "time_s", "diameter_um"])
+    png = growth_curves_figure(mig.assign(experiment="e"), tracks, {"a": 20, "b": 10})
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"

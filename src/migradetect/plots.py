@@ -117,13 +117,33 @@ def qc_figure(results: Results, *, max_panels: int = 3) -> bytes:
     return _png(fig)
 
 
-def growth_curves_figure(migrasomes: pd.DataFrame, tracks: pd.DataFrame) -> bytes:
+def counted_only(tracks: pd.DataFrame, n_frames: Mapping[str, int]) -> pd.DataFrame:
+    """The rows of a (per-experiment) tracks table that count as migrasomes in their movie
+    (:func:`migradetect.across_time.counted_tracks`; ``n_frames``: frames per movie name;
+    tracks of a movie missing from it are left out)."""
+    from migradetect.across_time import counted_tracks
+
+    keep = np.zeros(len(tracks), dtype=bool)
+    for movie, idx in tracks.groupby("movie").indices.items():
+        if movie in n_frames:
+            keep[idx] = counted_tracks(tracks.iloc[idx], int(n_frames[movie])).to_numpy(bool)
+    return tracks[keep]
+
+
+def growth_curves_figure(migrasomes: pd.DataFrame, tracks: pd.DataFrame,
+                         n_frames: Mapping[str, int] | None = None) -> bytes:
     """Diameter (µm) vs time since birth (min) for every track, aligned at birth.
 
     Thin grey lines are tracks (those born in the movie: ``born_before_start`` False, at least
     two frames); the red line is the median diameter at each time since birth (rounded to the
     second) and the band the interquartile range, shown where at least 3 tracks contribute.
+    With ``n_frames`` (frames per movie name), only the tracks that count as migrasomes
+    (:func:`migradetect.across_time.counted_tracks`, the rule of the per-cell counts) are drawn.
     """
+    what = "migrasome tracks"
+    if n_frames is not None:
+        tracks = counted_only(tracks, n_frames)
+        what = "counted migrasome tracks"
     fig = Figure(figsize=(6.0, 4.2))
     ax = fig.add_subplot(1, 1, 1)
     ax.set_xlabel("time since birth (min)")
@@ -150,7 +170,7 @@ def growth_curves_figure(migrasomes: pd.DataFrame, tracks: pd.DataFrame) -> byte
         ax.fill_between(age, stats[0.25], stats[0.75], color="red", alpha=0.2, label="IQR")
         ax.plot(age, stats[0.5], color="red", linewidth=1.5, label="median")
         ax.legend(loc="lower right", fontsize=8)
-    ax.set_title(f"{m.groupby(key).ngroups} migrasome tracks", fontsize=9)
+    ax.set_title(f"{m.groupby(key).ngroups} {what}", fontsize=9)
     fig.tight_layout()
     return _png(fig)
 

@@ -443,7 +443,8 @@ def write_experiment(experiment_dir: str | Path) -> pd.DataFrame:
 
     n_frames_by_movie = dict(zip(summary["movie"], summary["n_frames"], strict=True))
     atomic_write_bytes(experiment_dir / "growth_curves.png",
-                       growth_curves_figure(combined["migrasomes.csv"], combined["tracks.csv"]))
+                       growth_curves_figure(combined["migrasomes.csv"], combined["tracks.csv"],
+                                            n_frames_by_movie))
     atomic_write_bytes(experiment_dir / "migrasomes_per_cell.png",
                        migrasomes_per_cell_figure(combined["cells.csv"], n_frames_by_movie))
     return summary
