@@ -485,7 +485,7 @@ def measure_distributed(bm: bc.BenchMovie, cfg: Any, work: Path) -> dict[str, An
         # and warns when 8787 is taken by another engineer's cluster: harmless here
         warnings.filterwarnings("ignore", message="Port .* is already in use")
         cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                               host="127.0.0.1", dashboard_address=None)
+                               host="127.0.0.1", dashboard_address=":0")
         client = Client(cluster)
     try:
         warm = client.run(_warm_worker, str(bm.path))

@@ -384,7 +384,7 @@ def test_distributed_cluster_matches_local(tmp_path: Path) -> None:
     local = sums.compute(scheduler="threads")
     np.testing.assert_array_equal(local, data.sum(axis=(1, 2, 3), dtype=np.int64))
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  host="127.0.0.1", dashboard_address=None) as cluster, \
+                                  host="127.0.0.1", dashboard_address=":0") as cluster, \
             distributed.Client(cluster) as client:
         remote = client.compute(sums).result(timeout=60)
     np.testing.assert_array_equal(remote, local)

@@ -184,7 +184,7 @@ def test_distributed_gives_identical_csvs(threaded, sim_movie, config, tmp_path)
     res, out, _ = threaded
     movie = open_movie(sim_movie.path)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  host="127.0.0.1", dashboard_address=None) as cluster, \
+                                  host="127.0.0.1", dashboard_address=":0") as cluster, \
             distributed.Client(cluster) as client:
         res2 = pipeline.analyze_movie(movie, config, experiment="exp", client=client,
                                       labels_path=tmp_path / "movie" / "labels.zarr")

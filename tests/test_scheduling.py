@@ -81,7 +81,7 @@ def _square(i: int) -> int:
 def test_distributed_client_gives_the_same_results():
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                                  dashboard_address=None) as cluster, \
+                                  dashboard_address=":0") as cluster, \
             distributed.Client(cluster) as client:
         tasks = [dask.delayed(_square, pure=False)(i) for i in range(7)]
         seen = []

@@ -122,8 +122,10 @@ def dask_client(scheduler: str | None, workers: int | None) -> Iterator[Any]:
         return
     if workers < 1:
         raise ConfigError(f"--workers {workers} must be at least 1.", fix="e.g. --workers 4.")
+    # the dashboard on a free port: dashboard_address=None still tries 8787, and a run failed
+    # ("Port 8787 is already in use") beside another dask session holding it
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                      host="127.0.0.1", dashboard_address=None) as cluster, \
+                      host="127.0.0.1", dashboard_address=":0") as cluster, \
             Client(cluster) as client:
         yield client
 
