@@ -111,10 +111,10 @@ from scipy import sparse
 from scipy.sparse.linalg import spsolve
 from skimage.transform import downscale_local_mean, resize
 
-from migradetect._ncc import masked_ncc_map
+from migradetect._ncc import masked_ncc, masked_ncc_map
 from migradetect.errors import InputError
 from migradetect.params import param
-from migradetect.preprocess import _median, block_mean
+from migradetect.preprocess import _median, block_any, block_mean
 
 log = logging.getLogger(__name__)
 
@@ -255,15 +255,10 @@ def _block_mean(img: np.ndarray, k: int) -> np.ndarray:
 
 
 def _block_any(mask: np.ndarray, k: int) -> np.ndarray:
-    """True where any pixel of a whole ``k`` x ``k`` block is True."""
-    if k == 1:
-        return mask
+    """True where any pixel of a whole ``k`` x ``k`` block is True (the grid of
+    :func:`_block_mean`: a partial last row/column of blocks is dropped)."""
     ny, nx = mask.shape[0] // k * k, mask.shape[1] // k * k
-    out = np.zeros((ny // k, nx // k), dtype=bool)
-    for i in range(k):
-        for j in range(k):
-            out |= mask[i:ny:k, j:nx:k]
-    return out
+    return block_any(mask[:ny, :nx], k)
 
 
 def _grown(mask: np.ndarray, margin: float) -> np.ndarray:
@@ -341,20 +336,6 @@ def prepare_frame(
         noise = float(vals.std()) or 1.0
     out[valid] = np.clip(hp[valid] / noise, -6e4, 6e4)
     return out
-
-
-def _ncc_at(a: np.ndarray, b: np.ndarray, ma: np.ndarray, mb: np.ndarray, dy: int,
-            dx: int) -> tuple[float, int]:
-    """Masked normalised correlation of ``a(x)`` with ``b(x + d)`` and the pixels it used.
-
-    A pixel counts where ``a`` is valid at ``x`` and ``b`` at ``x + d``: both frames' cells
-    are excluded in stage coordinates. ``a`` and ``b`` are 0 outside their masks ``ma``,
-    ``mb`` (float32 0/1). NaN when fewer than 16 pixels overlap. One compiled pass
-    (:func:`migradetect._ncc.masked_ncc`): the hill climb evaluates ~10 shifts per pair.
-    """
-    from migradetect._ncc import masked_ncc
-
-    return masked_ncc(a, b, ma, mb, int(dy), int(dx))
 
 
 def _peak_offset(lo: float, c: float, hi: float) -> float:
@@ -468,7 +449,7 @@ def _local_peak(a: np.ndarray, b: np.ndarray, ma: np.ndarray, mb: np.ndarray,
 
     def ncc(dy: int, dx: int) -> float:
         if (dy, dx) not in cache:
-            v, n = _ncc_at(a, b, fa, fb, dy, dx)
+            v, n = masked_ncc(a, b, fa, fb, dy, dx)
             cache[(dy, dx)] = (-math.inf if math.isnan(v) else v, n)
         return cache[(dy, dx)][0]
 

@@ -60,6 +60,7 @@ from migradetect.params import param
 from migradetect.preprocess import (
     _check_frame,
     _check_pixel_size,
+    block_any,
     block_mean,
     noise_sigma,
     upsample,
@@ -852,22 +853,6 @@ def _opening(image: np.ndarray, size: int) -> np.ndarray:
     return ext(ext(out, np.maximum, 0), np.maximum, 1)
 
 
-def _block_any(mask: np.ndarray, k: int) -> np.ndarray:
-    """True where any pixel of a ``k`` x ``k`` block is (the grid of :func:`block_mean`)."""
-    if k <= 1:
-        return mask.copy()
-    ny, nx = mask.shape
-    py, px = (-ny) % k, (-nx) % k
-    if py or px:
-        mask = np.pad(mask, ((0, py), (0, px)))
-    out = mask[::k, ::k].copy()
-    for i in range(k):
-        for j in range(k):
-            if i or j:
-                out |= mask[i::k, j::k]
-    return out
-
-
 def fiber_mask(frame: np.ndarray, *, pixel_size_um: float, psf_sigma_um: float,
                config: FiberConfig, cell_labels: np.ndarray | None = None) -> np.ndarray:
     """Boolean ``(Y, X)`` mask of line pixels (hysteresis), outside the cell bodies.
@@ -902,7 +887,7 @@ def _fiber_mask(frame: np.ndarray, *, pixel_size_um: float, psf_sigma_um: float,
     if cell_labels is not None:
         # cells and their margin on the ridge grid (a grid pixel is cell if any of its
         # pixels is; the margin rounded to whole grid pixels)
-        cells_c = _block_any(np.asarray(cell_labels) > 0, k)
+        cells_c = block_any(np.asarray(cell_labels) > 0, k)
         m = int(round(config.cell_margin_um / (k * pixel_size_um)))
         if m > 0 and cells_c.any():
             cells_c = _dilate_square(cells_c, m)

@@ -96,6 +96,24 @@ def block_mean(frame: np.ndarray, factor: int) -> np.ndarray:
     return out
 
 
+def block_any(mask: np.ndarray, factor: int) -> np.ndarray:
+    """True where any pixel of a ``factor`` x ``factor`` block is: the grid of
+    :func:`block_mean` (a partial last row/column of blocks counts as a block)."""
+    mask = np.asarray(mask, dtype=bool)
+    if factor <= 1:
+        return mask.copy()
+    ny, nx = mask.shape
+    py, px = (-ny) % factor, (-nx) % factor
+    if py or px:
+        mask = np.pad(mask, ((0, py), (0, px)))
+    out = mask[::factor, ::factor].copy()
+    for i in range(factor):
+        for j in range(factor):
+            if i or j:
+                out |= mask[i::factor, j::factor]
+    return out
+
+
 def _interp_weights(n_small: int, n: int, factor: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Linear-interpolation indices and weights from block centres to pixel centres."""
     x = np.clip((np.arange(n) + 0.5) / factor - 0.5, 0, n_small - 1)
