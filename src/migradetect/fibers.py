@@ -1124,27 +1124,45 @@ def _attach(coords: np.ndarray, fiber_ids: np.ndarray, cell_labels: np.ndarray,
 
 
 def segment_fibers_stack(stack, *, pixel_size_um: float, psf_sigma_um: float,
-                         config: FiberConfig, cell_labels=None) -> tuple[np.ndarray, pd.DataFrame]:
+                         config: FiberConfig, cell_labels=None, temporal_frames: int = 1
+                         ) -> tuple[np.ndarray, pd.DataFrame]:
     """:func:`segment_fibers` over a ``(T, Y, X)`` stack, one dask task per frame.
 
     ``stack`` and ``cell_labels`` may be numpy or dask arrays; frames are read inside the
     tasks. Returns the int32 ``(T, Y, X)`` fiber labels and the concatenated table (computed;
     for movies too long to hold the labels in memory, call :func:`segment_fibers` per frame
     and write each result out).
+
+    ``temporal_frames`` (odd; default 1: off): each frame is segmented on the mean of this
+    many frames centred on it (fewer at the movie's ends), with its own cell labels.
+    Retraction fibers are anchored to the dish, and most of their length stays within a
+    pixel between frames a minute apart (about 80 % in the simulator), so the mean of n
+    frames shows them with ``sqrt(n)`` times less noise: fibers ~1.7x fainter are found (the
+    ridge measure's noise is estimated on the mean itself). What moves blurs: the stack must
+    be drift-corrected, and with a membrane stain the bright rim of a migrating cell leaves
+    ridges along its past outline (not for WGA-like markers).
     """
     import dask
 
     if getattr(stack, "ndim", 0) != 3:
         raise InputError(f"expected a (T, Y, X) stack, got shape {getattr(stack, 'shape', None)}.",
                          fix="select one channel and reduce Z first.")
+    if int(temporal_frames) != temporal_frames or temporal_frames < 1 or temporal_frames % 2 == 0:
+        raise ConfigError(f"temporal_frames must be an odd number >= 1, got {temporal_frames!r}.",
+                          fix="use 1 (off), 3 or 5.")
+    half = int(temporal_frames) // 2
+    n_t = stack.shape[0]
 
-    def one(frame, cl, t: int):
-        return segment_fibers(np.asarray(frame), pixel_size_um=pixel_size_um,
-                              psf_sigma_um=psf_sigma_um, config=config,
-                              cell_labels=None if cl is None else np.asarray(cl), frame_index=t)
+    def one(frames, cl, t: int):
+        frame = (np.mean([np.asarray(f, dtype=np.float32) for f in frames], axis=0)
+                 if len(frames) > 1 else np.asarray(frames[0]))
+        return segment_fibers(frame, pixel_size_um=pixel_size_um, psf_sigma_um=psf_sigma_um,
+                              config=config, cell_labels=None if cl is None else np.asarray(cl),
+                              frame_index=t)
 
-    tasks = [dask.delayed(one)(stack[t], None if cell_labels is None else cell_labels[t], t)
-             for t in range(stack.shape[0])]
+    tasks = [dask.delayed(one)([stack[u] for u in range(max(t - half, 0), min(t + half + 1, n_t))],
+                               None if cell_labels is None else cell_labels[t], t)
+             for t in range(n_t)]
     results = dask.compute(*tasks)
     if not results:
         return np.zeros((0,) + tuple(stack.shape[1:]), dtype=np.int32), empty_fiber_table()
