@@ -2,9 +2,9 @@
 
 Each case is simulated (``drift=True``), every frame goes through the per-frame pipeline work
 (:func:`migradetect.pipeline.process_frame`: cell segmentation and migrasome detection, as
-``analyze_movie`` runs it) and is reduced to its drift product
-(:func:`migradetect.drift.prepare_frame`); these per-frame results are cached under
-``--cache`` (so that trying drift variants costs seconds). The drift step is then
+``analyze_movie`` runs it); the frames, cell masks and detections are cached under ``--cache``
+(so that trying drift variants costs seconds), and each run reduces the frames to their drift
+products (:func:`migradetect.drift.prepare_frame`). The drift step is then
 :func:`migradetect.drift.register_products` + ``drift_from_edges`` + ``refine_drift`` with the
 preset's config, scored against the true drift: RMS over all frames, and RMS over the
 "observable" frames (>= 3 visible true migrasomes; mean error removed), as bench_tracking.
@@ -48,10 +48,11 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def per_frame(preset: str, seed: int, args) -> dict:
-    """Simulate and run the per-frame work; cached."""
+    """Simulate and run the per-frame work; cached (frames, cell masks and detections: the
+    drift products are made from them on every run, so changes to ``prepare_frame`` count)."""
     snr = "" if args.snr == "high" else f"_{args.snr}"
     cache = (Path(args.cache)
-             / f"{preset}_{seed}_{args.size}_{args.frames}_{int(args.crowded)}{snr}.pkl")
+             / f"{preset}_{seed}_{args.size}_{args.frames}_{int(args.crowded)}{snr}_raw.pkl")
     if cache.exists():
         with cache.open("rb") as fh:
             return pickle.load(fh)
@@ -59,17 +60,17 @@ def per_frame(preset: str, seed: int, args) -> dict:
                    n_cells=args.cells, drift=True, crowded=args.crowded, snr=args.snr)
     cfg = load_config(preset)
     px = float(sim.params.get("pixel_size_um", 0.15)) if isinstance(sim.params, dict) else 0.15
-    dets, products = [], []
+    dets, frames, cells = [], [], []
     for t in range(args.frames):
         frame = sim.image[t, 0]
         out = pipeline.process_frame(frame, frame_index=t, pixel_size_um=px,
                                      psf_sigma_um=float(cfg.optics.psf_sigma), config=cfg)
         dets.append(out.detections)
-        products.append(drift_mod.prepare_frame(preprocess.finite_frame(frame, t),
-                                                out.cell_labels, pixel_size_um=px,
-                                                config=cfg.drift))
+        frames.append(preprocess.finite_frame(frame, t).astype(np.float32))
+        cells.append(np.asarray(out.cell_labels) > 0)
     vis = sim.truth["migrasomes"].loc[lambda d: d["visible"].astype(bool)]
-    res = {"px": px, "products": products, "detections": pd.concat(dets, ignore_index=True),
+    res = {"px": px, "frames": np.stack(frames), "cells": np.packbits(np.stack(cells), axis=-1),
+           "shape": frames[0].shape, "detections": pd.concat(dets, ignore_index=True),
            "true_drift": sim.truth["drift"], "n_vis": vis.groupby("frame").size()}
     cache.parent.mkdir(parents=True, exist_ok=True)
     with cache.open("wb") as fh:
@@ -91,12 +92,17 @@ def run_case(preset: str, seed: int, args) -> dict:
     d = per_frame(preset, seed, args)
     cfg = load_config(preset)
     px, true = d["px"], d["true_drift"]
+    cells = np.unpackbits(d["cells"], axis=-1, count=d["shape"][1]).astype(bool)
+    p0 = time.process_time()
+    products = [drift_mod.prepare_frame(d["frames"][t], cells[t], pixel_size_um=px,
+                                        config=cfg.drift) for t in range(args.frames)]
     c0 = time.process_time()
-    edges = drift_mod.register_products(d["products"], pixel_size_um=px, config=cfg.drift)
+    edges = drift_mod.register_products(products, pixel_size_um=px, config=cfg.drift)
     coarse = drift_mod.drift_from_edges(edges, args.frames, config=cfg.drift)
     c1 = time.process_time()
     refined = drift_mod.refine_drift(d["detections"], coarse, pixel_size_um=px,
-                                     config=cfg.drift, tracking_config=cfg.tracking)
+                                     config=cfg.drift, tracking_config=cfg.tracking,
+                                     pair_edges=edges)
     obs = d["n_vis"][d["n_vis"] >= 3].index
     row = {"preset": preset, "seed": seed, "crowded": args.crowded, "snr": args.snr,
            "coarse_rms_px": evaluate.drift_scores(true, coarse)["rms_px"],
@@ -105,7 +111,8 @@ def run_case(preset: str, seed: int, args) -> dict:
            "observable_rms_px": observable_rms(true, refined, obs),
            "n_unobservable": args.frames - len(obs),
            "unregistered": int((~coarse["registered"]).sum()),
-           "coarse_cpu_s_per_frame": (c1 - c0) / args.frames}
+           "coarse_cpu_s_per_frame": (c1 - c0) / args.frames,
+           "product_cpu_s_per_frame": (c0 - p0) / args.frames}
     if args.verbose:
         m = true.merge(refined[["frame", "dy_px", "dx_px"]], on="frame", suffixes=("_t", "_p"))
         m = m.merge(coarse[["frame", "dy_px", "dx_px", "registered"]].rename(
@@ -141,7 +148,9 @@ def main() -> None:
     summary = {"rms_px_max": float(df["rms_px"].max()),
                "observable_rms_px_max": float(df["observable_rms_px"].max()),
                "n_rms_over_0.3": int((df["rms_px"] > 0.3).sum()),
-               "coarse_cpu_s_per_frame_median": float(df["coarse_cpu_s_per_frame"].median())}
+               "n_observable_rms_over_0.3": int((df["observable_rms_px"] > 0.3).sum()),
+               "coarse_cpu_s_per_frame_median": float(df["coarse_cpu_s_per_frame"].median()),
+               "product_cpu_s_per_frame_median": float(df["product_cpu_s_per_frame"].median())}
     print(json.dumps(summary))
     if args.out:
         Path(args.out).write_text(json.dumps({"args": vars(args), "summary": summary,

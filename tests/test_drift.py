@@ -146,11 +146,13 @@ def test_redundant_pairs_outvote_a_wrong_one():
     edges = [(i, j, truth[j] - truth[i], 0.0, np.nan if (i, j) == (4, 5) else 0.9)
              for i, j in pair_list(10, config=cfg)]
     np.testing.assert_allclose(drift_from_edges(edges, 10, config=cfg).dy_px, truth, atol=1e-3)
-    # frames that no reliable pair reaches hold the nearest reliable drift (no information)
+    # frames that no reliable pair reaches (here frame 0, the reference, too) continue the
+    # velocity of the nearest reliable frames (stage drift is smooth), not a standstill
     edges = [(i, j, truth[j] - truth[i], 0.0, np.nan if i < 3 else 0.9)
              for i, j in pair_list(10, config=cfg)]
     d = drift_from_edges(edges, 10, config=cfg)
-    np.testing.assert_allclose(d.dy_px[:4], 0.0, atol=1e-3)
+    np.testing.assert_allclose(d.dy_px[:4], np.arange(4) * (truth[4] - truth[3]), atol=0.01)
+    assert not d.registered[:3].any() and d.registered[3:].all()
     np.testing.assert_allclose(d.dy_px[3:] - d.dy_px[3], truth[3:] - truth[3], atol=1e-3)
     assert np.isnan(d.quality[1]) and d.quality[0] == 1.0
 
@@ -387,3 +389,56 @@ def test_cell_margin_grown_in_boxes_equals_the_full_distance_transform():
             np.testing.assert_array_equal(_grown(m, margin), full)
     empty = np.zeros((20, 20), bool)
     assert not _grown(empty, 3.0).any()
+
+
+def test_refine_takes_the_image_pairs_explicitly():
+    """refine_drift(pair_edges=...) solves the image pairs again with the fiducial pairs; the
+    same as the pairs carried in the table's attrs (which pandas operations can drop)."""
+    det, truth = _fiducial_scene()
+    n = len(truth)
+    edges = [(i, j, *(truth[j] - truth[i] + 0.02), 0.5 if i >= 4 and not i < 7 <= j else np.nan)
+             for i, j in pair_list(n)]
+    coarse = drift_from_edges(edges, n)
+    bare = pd.DataFrame(coarse.to_dict("list"))
+    assert "pair_edges" not in bare.attrs
+    explicit = refine_drift(det, bare, pixel_size_um=PX, pair_edges=edges)
+    pd.testing.assert_frame_equal(explicit, refine_drift(det, coarse, pixel_size_um=PX))
+    err = np.hypot(explicit.dy_px - truth[:, 0], explicit.dx_px - truth[:, 1])
+    assert np.sqrt(np.mean(err**2)) < 0.2
+
+
+def _border_cell_pair(shift, cell_dx, size=256, seed=0):
+    """Fixed spots and a fiber shifted by ``shift``; a large textured cell entering at the
+    right border (not in any mask) moves by ``cell_dx`` on its own."""
+    rng = np.random.default_rng(seed)
+    pts = rng.uniform(10, 0.6 * size, size=(40, 2))
+    yy, xx = np.mgrid[:size, :size].astype(np.float32)
+    out = []
+    for k, (s, cx) in enumerate([((0.0, 0.0), size + 5.0), (shift, size + 5.0 + cell_dx)]):
+        img = np.full((size, size), 100.0, np.float32)
+        for y, x in pts:
+            img += 300.0 * np.exp(-((yy - y - s[0]) ** 2 + (xx - x - s[1]) ** 2) / (2 * 1.5**2))
+        img += 200.0 * np.exp(-((yy - 0.5 * size - s[0]) ** 2) / 2.0) * (xx < 0.6 * size)  # fiber
+        cell = (yy - 0.5 * size) ** 2 + (xx - cx) ** 2 <= 80.0**2
+        img += 1500.0 * ndi.gaussian_filter(cell.astype(np.float32), 2)
+        img += 600.0 * np.sin((xx - cx) / 2.5) * np.cos((yy - 0.5 * size) / 3.0) * cell
+        img += rng.normal(0, 5, img.shape).astype(np.float32)
+        out.append(img)
+    return out
+
+
+def test_a_cell_missing_from_the_mask_is_excluded():
+    """A cell entering at the frame border that the cell mask missed moves on its own: the
+    product excludes it (extended bright region with a core wider than any migrasome) and
+    keeps the spots and the fiber; the pair gives the stage shift, not the cell's."""
+    a, b = _border_cell_pair((2.0, -3.0), cell_dx=-15.0)
+    pa = prepare_frame(a, pixel_size_um=PX).astype(np.float32)
+    k = product_bin(PX)
+    assert np.isnan(pa[128 // k, 230 // k]) and np.isnan(pa[128 // k, 200 // k])  # the cell
+    assert np.isfinite(pa[: 140 // k, : 140 // k]).mean() > 0.95  # spots and fiber kept
+    dy, dx, q = register_pair(a, b, pixel_size_um=PX)
+    assert dy == pytest.approx(2.0, abs=0.15) and dx == pytest.approx(-3.0, abs=0.15)
+    # without the exclusion the cell's own peak competes: the pair is lost (or wrong)
+    off = DriftConfig(mask_unsegmented_cells=False)
+    dy, dx, q = register_pair(a, b, pixel_size_um=PX, config=off)
+    assert np.isnan(q) or not (abs(dx + 3.0) < 0.5 and abs(dy - 2.0) < 0.5)

@@ -11,7 +11,10 @@ debris) together, while migrating cells move on their own. Each frame is therefo
 product: the frame block-averaged to about 0.3 µm pixels, band-passed at the scale of fibers and
 migrasomes (a Gaussian high-pass of ``highpass_um``, ~1.2 µm, removes the cell bodies' smooth
 texture and the uneven background), normalised by its robust noise, and with the cells plus a
-``cell_margin_um`` margin set to NaN (excluded). Products are float16: a 1024² frame at 0.15 µm
+``cell_margin_um`` margin set to NaN (excluded): the cell mask's cells, and cell bodies it
+missed (e.g. entering at the frame border; ``mask_unsegmented_cells``, found as extended bright
+regions with a core wider than any migrasome cluster, :func:`_unmasked_bodies`). Products are
+float16: a 1024² frame at 0.15 µm
 pixels is 0.5 MiB, 200 MiB for 400 frames.
 
 A pair of products is registered (:func:`register_prepared`) by masked normalised
@@ -40,10 +43,13 @@ only the last ``pair_gap`` products are held, so memory does not grow with the m
 deviations over the pair graph: a block of wrong pairs that agree with each other is outvoted
 by the other pairs across the same frames, where a chain of short pairs would carry the error
 to every later frame), drops the pairs far from it, and solves the rest by iteratively
-reweighted least squares (Cauchy weights at ``consistency_px``), with a weak prior that
-interpolates frames without any reliable pair linearly and holds the nearest reliable drift
-before the first / after the last one (e.g. early frames before any fiber exists carry no
-drift information). A pair that no other path of pairs confirms (a bridge of the pair graph,
+reweighted least squares (Cauchy weights at ``consistency_px``; a fiducial pair weighs
+``sqrt(support)``), with a weak smoothness prior (stage drift is smooth: second differences
+near 0) that fills frames without any reliable pair: a smooth interpolation inside a gap, and
+the velocity of the nearest reliable frames continued before the first / after the last one
+(e.g. early frames before any fiber exists carry no drift information, frame 0 included: the
+reference then follows from the drift's velocity, where holding it still was off by velocity
+times gap). A pair that no other path of pairs confirms (a bridge of the pair graph,
 e.g. the one pair left between early frames with only moving structure and the rest) cannot be
 checked by the consensus and is not used (except in a plain chain, :func:`drift_from_pairs`).
 
@@ -84,9 +90,10 @@ Public functions
 -> [(i, j, dy_px, dx_px, support), ...]``
     The pair shifts that the migrasome detections of two frames agree on (displacement
     voting, chance-coincidence test; see :func:`_point_pair_shift`).
-``refine_drift(detections, drift, *, pixel_size_um, config=None, tracking_config=None)``
-    Solves the pair graph again with the fiducial pairs added (image pairs from
-    ``drift.attrs["pair_edges"]``, set by :func:`drift_from_edges`), then removes the
+``refine_drift(detections, drift, *, pixel_size_um, config=None, tracking_config=None,
+pair_edges=None)``
+    Solves the pair graph again with the fiducial pairs added (image pairs: ``pair_edges``,
+    the edges ``drift`` was solved from), then removes the
     random-walk error of the pair solution with anchored migrasomes (static fiducials): the
     detections are linked in coarse-corrected coordinates (unless they carry
     ``track_id``); tracks of at least ``refine_min_track_frames`` whose corrected positions
@@ -144,6 +151,11 @@ class DriftConfig:
         2.0, unit="um", min=0.0, max=50.0,
         help="cells are excluded from registration together with this margin (segmented "
              "masks miss thin lamellipodia)",
+    )
+    mask_unsegmented_cells: bool = param(
+        True,
+        help="also exclude extended bright regions with a core wider than any migrasome "
+             "(cell bodies the cell mask missed, e.g. at the frame border: they move)",
     )
     min_significance: float = param(
         7.0, min=0.0, max=100.0,
@@ -283,6 +295,66 @@ def _grown(mask: np.ndarray, margin: float) -> np.ndarray:
     return out
 
 
+#: Cell bodies that the given cell mask misses (e.g. a cell entering at the frame border) are
+#: found in the frame itself: extended regions raised this many noise units above the local
+#: background (after smoothing), with a core wider than any migrasome (see
+#: :func:`_unmasked_bodies`).
+BODY_SIGMAS = 5.0
+#: Core radius (µm) a bright region needs to count as a cell body: migrasomes are <= 3 µm
+#: across, but touching ones form bright clusters of several µm (static fiducials that must
+#: stay); cells are 7-40 µm (a sliver of a cell at the border narrower than twice this is
+#: missed). 2.5 µm masked such clusters on seeds 0-99 (wga crowded); 4 µm did not.
+BODY_CORE_UM = 4.0
+#: Gaussian sigma (µm) of the background the bodies are raised above (larger than the core,
+#: smaller than the frame: frames narrower than four times this are not searched).
+BODY_BACKGROUND_UM = 8.0
+
+
+def _unmasked_bodies(b: np.ndarray, valid: np.ndarray, px: float) -> np.ndarray:
+    """Cell bodies not in the cell mask: True on extended bright regions of ``b``.
+
+    Migrating cells move on their own; a cell the segmentation missed (typically one entering
+    at the frame border) would dominate a frame pair's correlation with its bright edge and
+    give the pair the cell's motion, in every pair of the frames it crosses (consistent
+    wrong pairs that the consensus cannot outvote when fixed structure is sparse). A cell
+    body is an extended region of raised intensity: ``b`` block-averaged to ~0.9 µm (bodies
+    are large; the averaging is the noise smoothing) minus a broad background of the
+    cell-free area, above ``BODY_SIGMAS`` noise units, opened with a disk of
+    ``BODY_CORE_UM`` (fibers and migrasomes, thinner than the core, vanish; the cell margin
+    then covers the body's rim). ``b``: block-mean frame at ``px`` µm; ``valid``: pixels not
+    already excluded.
+    """
+    none = np.zeros(b.shape, dtype=bool)
+    if min(b.shape) * px < 4 * BODY_BACKGROUND_UM:
+        return none  # no room for a background around cell-sized regions
+    c = max(1, int(round(0.9 / px)))
+    ny, nx = b.shape[0] // c * c, b.shape[1] // c * c
+    bc = block_mean(b[:ny, :nx], c) if c > 1 else b
+    w = (block_mean(valid[:ny, :nx].astype(np.float32), c) > 0.5).astype(np.float32)
+    pc = px * c
+    if w.sum() < 64:
+        return none
+    raised = np.zeros(bc.shape, dtype=bool)
+    for _ in range(2):  # the background again without the raised pixels found (cells in it)
+        wr = w * ~raised
+        r = bc - _smooth_masked(bc, wr, BODY_BACKGROUND_UM / pc)
+        vals = r[wr > 0]
+        med = _median(vals)
+        sigma = 1.4826 * _median(np.abs(vals - med))
+        if not sigma > 0:
+            return none
+        raised = r > med + BODY_SIGMAS * sigma
+    core = ndi.distance_transform_edt(raised) > BODY_CORE_UM / pc
+    if not core.any():
+        return none
+    # opening (the core grown back by its radius), not reconstruction: fibers attached to a
+    # cell are fixed structure and must stay
+    body = ndi.distance_transform_edt(~core) <= BODY_CORE_UM / pc + 1
+    out = none
+    out[:ny, :nx] = np.repeat(np.repeat(body, c, axis=0), c, axis=1) if c > 1 else body
+    return out
+
+
 def prepare_frame(
     frame: Any,
     cell_mask: Any = None,
@@ -323,6 +395,10 @@ def prepare_frame(
         cell = _block_any(cell > 0, k)
         if cell.any():
             valid = ~_grown(cell, config.cell_margin_um / px)
+    if config.mask_unsegmented_cells:
+        body = _unmasked_bodies(b, valid, px) & valid
+        if body.any():
+            valid &= ~_grown(body, config.cell_margin_um / px)
     out = np.full(b.shape, np.nan, dtype=np.float16)
     if valid.sum() < 16 or np.ptp(b) == 0:
         return out
@@ -638,6 +714,39 @@ def register_products(
 OUTLIER_SCALE = 4.0
 
 
+#: Ratio of the smoothness prior's weights (second / first differences), in frames: the
+#: velocity of the nearest reliable frames is continued over stretches of unreached frames
+#: much shorter than this (the first differences only fix a movie without any pair). Tried 4
+#: on seeds 0-99 (velocity damped after a few frames): worse on short early gaps, no help
+#: where a wrong velocity was continued (see :func:`_smoothness_prior`).
+PRIOR_VELOCITY_FRAMES = 100.0
+
+
+def _smoothness_prior(n: int) -> tuple[sparse.csr_matrix, np.ndarray]:
+    """Rows of the weak prior on the drift of ``n`` frames (target 0) and their weights.
+
+    Stage drift (thermal, focus-motor creep) is smooth: its second differences
+    ``D_{t-1} - 2 D_t + D_{t+1}`` are near 0. Where no reliable pair reaches (e.g. the first
+    frames of a movie, before any fixed structure exists, or frame 0 itself), this continues
+    the drift of the nearest reliable frames at their velocity (linear extrapolation; across
+    a gap, a smooth interpolation), where holding the drift still would put the unreached
+    frames off by their velocity times the gap. A much weaker prior on the first differences
+    only removes the last freedom (the velocity of a movie without any pair). The weights are
+    tiny against a pair's (1): wherever pairs connect the frames, the prior has no say.
+    """
+    t = np.arange(1, n - 1)
+    r = np.arange(len(t))
+    second = sparse.csr_matrix(
+        (np.r_[np.ones(len(t)), np.full(len(t), -2.0), np.ones(len(t))],
+         (np.r_[r, r, r], np.r_[t - 1, t, t + 1])), shape=(len(t), n))
+    u = np.arange(1, n)
+    first = sparse.csr_matrix(
+        (np.r_[np.ones(len(u)), -np.ones(len(u))],
+         (np.r_[np.arange(len(u)), np.arange(len(u))], np.r_[u, u - 1])), shape=(len(u), n))
+    return (sparse.vstack([second, first]).tocsr(),
+            np.r_[np.full(len(t), 1e-4), np.full(len(u), 1e-4 / PRIOR_VELOCITY_FRAMES)])
+
+
 def _consensus_drift(i: np.ndarray, j: np.ndarray, y: np.ndarray, n: int,
                      weight: np.ndarray | None = None) -> np.ndarray:
     """Drift per frame that satisfies most pairs: least absolute deviations over the graph.
@@ -646,27 +755,27 @@ def _consensus_drift(i: np.ndarray, j: np.ndarray, y: np.ndarray, n: int,
     squares, the L1 solution lets a minority of wrong pairs (a peak on moving structure or a
     repeated pattern) keep their whole error instead of spreading it: wherever the pairs
     crossing between two blocks of frames disagree, the majority decides. A very weak L1
-    prior on the frame-to-frame change keeps frames that no pair reaches at the previous
-    drift. The convex problem has no local minima, so no starting guess can mislead it.
+    smoothness prior (:func:`_smoothness_prior`) continues the drift into frames that no
+    pair reaches. The convex problem has no local minima, so no starting guess can mislead it.
     """
     from scipy.optimize import linprog
 
     m = len(i)
-    prior_w = 1e-4
-    t = np.arange(1, n)
-    # rows: pairs, then the prior (t-1, t) with shift 0; columns: D_1..D_{n-1}, one slack/row
-    ri, rj = np.r_[i, t - 1], np.r_[j, t]
-    rows = np.arange(m + n - 1)
-    a = sparse.csr_matrix((np.r_[np.ones(len(rows)), -np.ones(len(rows))],
-                           (np.r_[rows, rows], np.r_[rj, ri])), shape=(len(rows), n))[:, 1:]
-    slack = sparse.identity(len(rows), format="csr")
+    prior, prior_w = _smoothness_prior(n)
+    # rows: pairs, then the prior rows (target 0); columns: D_1..D_{n-1}, one slack per row
+    rows_p = np.arange(m)
+    a_pair = sparse.csr_matrix((np.r_[np.ones(m), -np.ones(m)], (np.r_[rows_p, rows_p],
+                                                                 np.r_[j, i])), shape=(m, n))
+    a = sparse.vstack([a_pair, prior]).tocsr()[:, 1:]
+    n_rows = a.shape[0]
+    slack = sparse.identity(n_rows, format="csr")
     a_ub = sparse.vstack([sparse.hstack([a, -slack]), sparse.hstack([-a, -slack])]).tocsr()
     w = np.ones(m) if weight is None else np.asarray(weight, dtype=np.float64)
-    cost = np.r_[np.zeros(n - 1), w, np.full(n - 1, prior_w)]
-    bounds = [(None, None)] * (n - 1) + [(0, None)] * len(rows)
+    cost = np.r_[np.zeros(n - 1), w, prior_w]
+    bounds = [(None, None)] * (n - 1) + [(0, None)] * n_rows
     out = np.zeros((n, 2))
     for comp in range(2):
-        rhs = np.r_[y[:, comp], np.zeros(n - 1)]
+        rhs = np.r_[y[:, comp], np.zeros(prior.shape[0])]
         res = linprog(cost, A_ub=a_ub, b_ub=np.r_[rhs, -rhs], bounds=bounds, method="highs")
         if res.status != 0:
             raise RuntimeError(f"drift: the L1 consensus failed ({res.message})")
@@ -717,11 +826,13 @@ def drift_from_edges(edges: Any, n_frames: int, *, config: DriftConfig | None = 
     deviations): a pair more than ``OUTLIER_SCALE * consistency_px`` from it matched a
     wrong peak (moving structure, a repeated pattern) and is dropped. The rest are solved by
     least squares with Cauchy reweighting (scale ``consistency_px``), so that a pair that
-    disagrees with the redundant ones loses its weight; a weak prior (first differences of
-    the drift near 0) fills frames that no reliable pair reaches: linear interpolation inside
-    a gap, the nearest reliable drift held before the first / after the last one (frames
-    without any fixed structure carry no drift information; holding is the conservative
-    guess).
+    disagrees with the redundant ones loses its weight (a fiducial pair starts at weight
+    ``sqrt(support)``); a weak smoothness prior (:func:`_smoothness_prior`: second
+    differences of the drift near 0) fills frames that no reliable pair reaches: a smooth
+    interpolation inside a gap, the nearest reliable frames' velocity continued before the
+    first / after the last one (frames without any fixed structure carry no drift
+    information; stage drift is smooth, so its velocity is the best guess there; the
+    ``registered`` column marks these guessed frames).
 
     Returns
     -------
@@ -779,30 +890,31 @@ def drift_from_edges(edges: Any, n_frames: int, *, config: DriftConfig | None = 
     a_pair = sparse.csr_matrix(
         (np.r_[np.ones(len(e)), -np.ones(len(e))], (np.r_[rows_p, rows_p], np.r_[j, i])),
         shape=(len(e), n))
-    t = np.arange(1, n)
-    rows_s = np.arange(len(t))
-    a_prior = sparse.csr_matrix(
-        (np.r_[np.ones(len(t)), -np.ones(len(t))], (np.r_[rows_s, rows_s], np.r_[t, t - 1])),
-        shape=(len(t), n))
-    prior_w = 1e-4  # only decides where no reliable pair reaches
+    prior, prior_w = _smoothness_prior(n)
+    a_prior = sparse.diags(prior_w) @ prior
+    # precision weights: an image pair is one measurement; a fiducial pair is the median of
+    # its agreeing migrasomes, each an independent static object (variance ~ 1 / support).
+    # Image pairs of crowded early frames are biased by moving structure outside the cell
+    # masks (cell edges, growing fibers); where migrasomes exist they outweigh such pairs
+    w0 = np.where(is_img, 1.0, np.sqrt(np.maximum(e[:, 4], 1.0)))
     out = np.zeros((n, 2))
     n_down = 0
     for comp in range(2):
         y = e[:, 2 + comp]
-        w = np.ones(len(e))
+        w = w0.copy()
         sol = np.zeros(n - 1)
         for _ in range(20):
-            a = sparse.vstack([sparse.diags(np.sqrt(w)) @ a_pair, prior_w * a_prior])
+            a = sparse.vstack([sparse.diags(np.sqrt(w)) @ a_pair, a_prior])
             a = a.tocsc()[:, 1:]
-            rhs = np.r_[np.sqrt(w) * y, np.zeros(len(t))]
+            rhs = np.r_[np.sqrt(w) * y, np.zeros(a_prior.shape[0])]
             new = np.atleast_1d(spsolve((a.T @ a).tocsc(), a.T @ rhs))
             res = a_pair[:, 1:] @ new - y
-            w_new = 1.0 / (1.0 + (res / config.consistency_px) ** 2)  # Cauchy
+            w_new = w0 / (1.0 + (res / config.consistency_px) ** 2)  # Cauchy
             done = np.allclose(new, sol, atol=1e-4)
             sol, w = new, w_new
             if done:
                 break
-        n_down += int((w < 0.5).sum())
+        n_down += int((w < 0.5 * w0).sum())
         out[1:, comp] = sol
     if (~good).any() or n_down or n_out:
         log.info("drift: %d of %d frame pairs unreliable, %d outliers, %d inconsistent ones "
@@ -960,14 +1072,17 @@ def estimate_drift(
 
 
 def _with_fiducial_pairs(detections: pd.DataFrame, drift: pd.DataFrame, out: pd.DataFrame, *,
-                         pixel_size_um: float, config: DriftConfig) -> pd.DataFrame:
+                         pixel_size_um: float, config: DriftConfig,
+                         pair_edges: Any = None) -> pd.DataFrame:
     """The pair solution again, with the migrasome detections' pair shifts added.
 
-    The image pairs are those of :func:`drift_from_edges` (``drift.attrs["pair_edges"]``);
-    a table without them (made by hand) stands for its registered frames by the chain of
-    their drift differences. Frames that no image pair reached (e.g. early frames whose
-    fixed structure all lies on cells) get their drift from the fiducials, and where the
-    two disagree the consensus over the pair graph decides.
+    The image pairs are ``pair_edges`` (what :func:`drift_from_edges` solved), else
+    ``drift.attrs["pair_edges"]`` (set by :func:`drift_from_edges`, lost when a table is
+    copied through some pandas operations); a table without either (made by hand) stands
+    for its registered frames by the chain of their drift differences. Frames that no image
+    pair reached (e.g. early frames whose fixed structure all lies on cells) get their drift
+    from the fiducials, and where the two disagree the consensus over the pair graph
+    decides.
     """
     n = len(out)
     if not np.array_equal(out["frame"].to_numpy(), np.arange(n)):
@@ -975,7 +1090,7 @@ def _with_fiducial_pairs(detections: pd.DataFrame, drift: pd.DataFrame, out: pd.
     fid = fiducial_edges(detections, n, pixel_size_um=pixel_size_um, config=config)
     if not fid:
         return out
-    img = drift.attrs.get("pair_edges")
+    img = pair_edges if pair_edges is not None else drift.attrs.get("pair_edges")
     if img is None:
         reg = (out["registered"].to_numpy(bool) if "registered" in out.columns
                else np.ones(n, dtype=bool))
@@ -996,6 +1111,7 @@ def refine_drift(
     pixel_size_um: float,
     config: DriftConfig | None = None,
     tracking_config: Any = None,
+    pair_edges: Any = None,
 ) -> pd.DataFrame:
     """Refine a coarse drift with anchored migrasomes (see the module docstring).
 
@@ -1009,6 +1125,12 @@ def refine_drift(
         µm per pixel.
     config, tracking_config
         :class:`DriftConfig` and :class:`~migradetect.tracking.TrackingConfig` (for linking).
+    pair_edges
+        The image pairs ``(i, j, dy_px, dx_px, quality)`` that ``drift`` was solved from
+        (:func:`register_products`, :meth:`PairRegistrar.edges`): solved again together
+        with the migrasome detections' pairs. None: ``drift.attrs["pair_edges"]`` if
+        present (kept for callers that do not pass them yet), else the chain of the
+        table's registered frames.
 
     Returns
     -------
@@ -1022,7 +1144,7 @@ def refine_drift(
     if not config.refine or len(detections) == 0 or len(out) < 2:
         return out
     out = _with_fiducial_pairs(detections, drift, out, pixel_size_um=pixel_size_um,
-                               config=config)
+                               config=config, pair_edges=pair_edges)
     det = detections
     if "track_id" not in det.columns:
         det = link_migrasomes(det, pixel_size_um=pixel_size_um, config=tracking_config,
