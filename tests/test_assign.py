@@ -183,3 +183,65 @@ def test_cover_vote_outweighs_a_few_fiber_votes():
     assert (out.cell_id[0], out.assign_reason[0]) == (3, "rear_path")
     out = _run(mig, fibers_tab, fib, cells, cf, cover_weight=1.0)
     assert (out.cell_id[0], out.assign_reason[0]) == (4, "fiber_at_birth")
+
+
+def test_cell_seen_in_one_frame_gets_no_migrasome():
+    # cell 3 moves right along y = 40 over the migrasome's place (x = 58; its rear leaves it
+    # at frame 5); in the birth frame a blob (a piece cut off by the segmentation, cell 5)
+    # sits on the migrasome, seen in that frame only: a segmentation artefact, not a cell
+    cells, cf = _cells({3: [(40, 40 + 6 * t) for t in range(T)]})
+    cells[5][_disk(40, 58, 4) & (cells[5] == 0)] = 5
+    cf = pd.concat([cf, pd.DataFrame({"frame": [5], "cell_id": [5], "y_px": [40.0],
+                                      "x_px": [58.0]})], ignore_index=True)
+    fib = np.zeros((T, *SHAPE), np.int32)
+    fib[5:, 40, 52:60] = 2  # a fiber under the migrasome, attached only to the blob
+    fibers_tab = pd.DataFrame({"frame": range(T), "fiber_id": 2, "cell_id": 5})
+    mig = _mig(0, 40.0, 58.0, range(5, 8))
+    for geodesic in (False, True):
+        out = _run(mig, fibers_tab, fib, cells, cf, fiber_geodesic=geodesic)
+        assert (out.cell_id[0], out.assign_reason[0]) == (3, "rear_path")
+        # counting one-frame cells as cells, the blob takes it (by its fiber) or makes it
+        # ambiguous (the geodesic walk finds no fiber outside the blob near the migrasome)
+        out = _run(mig, fibers_tab, fib, cells, cf, fiber_geodesic=geodesic, min_cell_frames=1)
+        assert out.cell_id[0] == (-1 if geodesic else 5)
+    # a movie of two frames: a cell seen in both is not transient
+    two = _run(_mig(0, 40.0, 58.0, [1]), None, None, cells[4:6],
+               cf[cf.frame.isin([4, 5])].assign(frame=lambda d: d.frame - 4),
+               rear_lookback_frames=1)
+    assert (two.cell_id[0], two.assign_reason[0]) == (3, "rear_path")
+
+
+def test_vectorised_lookups_equal_the_per_point_definitions():
+    # the many-points lookups (KD-tree over outlines / skeleton pixels) give exactly the
+    # answers of the plain per-point crops, ties included, on random labels and points
+    from migradetect import assign as a
+
+    rng = np.random.default_rng(3)
+    for trial in range(3):
+        cells = np.zeros((70, 90), np.int32)
+        for c in range(1, 6):
+            cells[_disk_shape((70, 90), *rng.uniform(0, 80, 2), rng.uniform(4, 14))] = c
+        fib = np.zeros_like(cells)
+        for f in range(1, 8):  # straight fibers, some crossing, some under cells
+            y0, x0 = rng.integers(0, 70), rng.integers(0, 90)
+            n = int(rng.integers(10, 60))
+            ang = rng.uniform(0, np.pi)
+            yy = np.clip(np.round(y0 + np.arange(n) * np.sin(ang)).astype(int), 0, 69)
+            xx = np.clip(np.round(x0 + np.arange(n) * np.cos(ang)).astype(int), 0, 89)
+            fib[yy, xx] = f
+        pts = np.column_stack([rng.uniform(-5, 75, 200), rng.uniform(-5, 95, 200)])
+        pts[:20] = np.round(pts[:20])  # on pixel centres: exact ties
+        for radius in (1.5, 7.0, 25.0):
+            many = a._nearest_labels_many(cells, pts, radius)
+            assert many == [a._nearest_labels(cells, p, radius) for p in pts]
+            geo = a._geodesic(fib, cells, 2.0)
+            many = a._geodesic_cells_at_many(geo, pts, radius)
+            assert many == [a._geodesic_cell_at(geo, p, radius) for p in pts]
+            fc = {(0, f): f % 3 - 1 for f in range(1, 8)}
+            many = a._fiber_cells_many(fib, 0, pts, fc, radius)
+            assert many == [a._fiber_cell(fib, 0, p, fc, radius) for p in pts]
+
+
+def _disk_shape(shape, cy, cx, r):
+    yy, xx = np.ogrid[: shape[0], : shape[1]]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r**2

@@ -38,11 +38,19 @@ One row per ``track_id`` of ``migrasomes``; ``cell_id`` is -1 when unassigned, a
 4. ``cell_not_in_view`` (-1): no cell came within ``rear_distance_um`` (e.g. a migrasome
    present from frame 0 whose cell was never in the field).
 
+Cells seen in fewer than ``min_cell_frames`` frames (of a movie at least that long) are
+segmentation artefacts (a piece cut off a cell for a frame or two, a passing blob: a cell
+body lasts); their pixels are ignored by every rule, so a migrasome goes to the cell that
+made it or to -1 with its reason, never to such a blob.
+
 The migrasome position is the median of its drift-corrected positions over its first
 ``birth_frames`` frames (migrasomes are anchored), moved by each frame's drift before it is
 looked up in that frame's label images. ``fiber_labels`` and ``cell_labels`` (cell ids, i.e.
 relabelled with ``tracking.relabel``) are ``(T, Y, X)`` indexables read one frame at a time,
-each frame at most once per call when the window of frames fits the cache.
+each frame once per call. All the place questions of one frame are answered together: the
+nearest pixel of each cell is searched among the cells' outline pixels, the fiber among the
+skeleton pixels, each with one KD-tree per frame (scipy), with the same answers as the
+per-point definitions :func:`_nearest_labels` and :func:`_geodesic_cell_at` (tested equal).
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -115,9 +124,29 @@ class AssignConfig:
         1.0, unit="um", min=0.0, max=20.0,
         help="a cell covers the migrasome's place when its mask is this close",
     )
+    min_cell_frames: int = param(
+        3, unit="frames", min=1, max=1000,
+        help="a cell seen in fewer frames (of a movie at least this long) is a segmentation "
+             "artefact (a fragment or a passing blob; a cell body lasts), never a migrasome's "
+             "maker: its pixels are ignored by every rule",
+    )
 
 
-def _geodesic(lab: np.ndarray, cells: np.ndarray, attach_px: float):
+def _outline(img: np.ndarray, *, border: bool) -> np.ndarray:
+    """Pixels of a label that have a 4-neighbour of another value (the label's outline);
+    with ``border``, pixels on the image border count as outline too (outside is 0)."""
+    same = np.ones(img.shape, dtype=bool)
+    same[1:] &= img[1:] == img[:-1]
+    same[:-1] &= img[:-1] == img[1:]
+    same[:, 1:] &= img[:, 1:] == img[:, :-1]
+    same[:, :-1] &= img[:, :-1] == img[:, 1:]
+    if border:
+        same[0], same[-1], same[:, 0], same[:, -1] = False, False, False, False
+    return (img > 0) & ~same
+
+
+def _geodesic(lab: np.ndarray, cells: np.ndarray, attach_px: float,
+              cell_edge: np.ndarray | None = None):
     """For every fiber skeleton pixel of one frame, the cell first reached along the
     skeleton and the path length to it (px).
 
@@ -126,9 +155,11 @@ def _geodesic(lab: np.ndarray, cells: np.ndarray, attach_px: float):
     belongs to is the one reached first walking along the skeleton from the migrasome.
     Multi-source Dijkstra (scipy.sparse.csgraph) on the 8-connected skeleton pixel graph,
     sources the skeleton pixels within ``attach_px`` of a cell (labelled by that cell).
+    ``cell_edge`` is ``_outline(cells, border=False)`` when the caller has it.
 
-    Returns ``(idx, cell_of, geo, lab)``: the skeleton pixel index per pixel (-1 elsewhere),
-    then per skeleton pixel its cell (-1: none reached) and path length.
+    Returns ``(idx, cell_of, geo, lab, ys, xs)``: the skeleton pixel index per pixel (-1
+    elsewhere), per skeleton pixel its cell (-1: none reached) and path length, the label
+    image, and the skeleton pixels' coordinates (row-major, the index order).
     """
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import dijkstra
@@ -144,29 +175,32 @@ def _geodesic(lab: np.ndarray, cells: np.ndarray, attach_px: float):
     cell_of = np.full(n, -1, dtype=np.int64)
     geo = np.full(n, np.inf)
     if n == 0 or not (cells > 0).any():
-        return idx, cell_of, geo, lab
+        return idx, cell_of, geo, lab, ys, xs
     # skeleton pixels near a cell: the nearest cell edge pixel (a KD-tree on the edges,
     # far cheaper than a distance transform of the whole frame)
-    inner = np.pad(cells, 1, mode="edge")
-    edge = (cells > 0) & ~((inner[:-2, 1:-1] == cells) & (inner[2:, 1:-1] == cells)
-                           & (inner[1:-1, :-2] == cells) & (inner[1:-1, 2:] == cells))
+    edge = _outline(cells, border=False) if cell_edge is None else cell_edge
     ey, ex = np.nonzero(edge)
     dist, near = cKDTree(np.column_stack([ey, ex])).query(
         np.column_stack([ys, xs]), distance_upper_bound=attach_px + 1e-6)
     src = np.nonzero(np.isfinite(dist))[0]
     if len(src) == 0:
-        return idx, cell_of, geo, lab
+        return idx, cell_of, geo, lab, ys, xs
     src_cell = np.full(n, -1, dtype=np.int64)
     src_cell[src] = cells[ey[near[src]], ex[near[src]]]
     src_dist = np.where(np.isfinite(dist), dist, 0.0)
+    # the skeleton graph from the skeleton pixels' own neighbours (work in the number of
+    # skeleton pixels, not of frame pixels); edges in the order of their first pixel
     rows, cols, w = [], [], []
+    node = np.arange(n)
+    lab_s = lab[ys, xs]
     for dy, dx, wt in ((0, 1, 1.0), (1, 0, 1.0), (1, 1, math.sqrt(2)), (1, -1, math.sqrt(2))):
-        a = idx[: shape[0] - dy, max(0, -dx): shape[1] - max(0, dx)]
-        b = idx[dy:, max(0, dx): shape[1] + min(0, dx)]
-        la = lab[: shape[0] - dy, max(0, -dx): shape[1] - max(0, dx)]
-        lb = lab[dy:, max(0, dx): shape[1] + min(0, dx)]
-        ok = (a >= 0) & (b >= 0) & (la == lb)  # along one fiber label only
-        rows.append(a[ok]), cols.append(b[ok]), w.append(np.full(ok.sum(), wt))
+        ny, nx = ys + dy, xs + dx
+        inside = (ny < shape[0]) & (nx >= 0) & (nx < shape[1])
+        b = np.full(n, -1, dtype=np.int64)
+        b[inside] = idx[ny[inside], nx[inside]]
+        ok = b >= 0
+        ok[ok] = lab[ny[ok], nx[ok]] == lab_s[ok]  # along one fiber label only
+        rows.append(node[ok]), cols.append(b[ok]), w.append(np.full(ok.sum(), wt))
     g = coo_matrix((np.concatenate(w), (np.concatenate(rows), np.concatenate(cols))),
                    shape=(n, n)).tocsr()
     d, _, source = dijkstra(g, directed=False, indices=src, min_only=True,
@@ -174,14 +208,15 @@ def _geodesic(lab: np.ndarray, cells: np.ndarray, attach_px: float):
     reached = source >= 0
     cell_of[reached] = src_cell[source[reached]]
     geo[reached] = d[reached] + src_dist[source[reached]]
-    return idx, cell_of, geo, lab
+    return idx, cell_of, geo, lab, ys, xs
 
 
 def _geodesic_cell_at(frame_geo, p: np.ndarray, radius_px: float):
     """(cell_id, distance to the fiber px) of the cell first reached along the fiber from
     the skeleton pixels within ``radius_px`` of ``p`` (``frame_geo`` from :func:`_geodesic`);
-    cell -1 when the fiber reaches no cell; None when there is no fiber."""
-    idx, cell_of, geo, lab = frame_geo
+    cell -1 when the fiber reaches no cell; None when there is no fiber. The definition (one
+    point, one crop); :func:`_geodesic_cells_at_many` answers many points at once."""
+    idx, cell_of, geo, lab = frame_geo[:4]
     r = int(math.ceil(radius_px)) + 1
     y0, x0 = int(round(p[0])), int(round(p[1]))
     ys0, xs0 = max(y0 - r, 0), max(x0 - r, 0)
@@ -205,7 +240,8 @@ def _geodesic_cell_at(frame_geo, p: np.ndarray, radius_px: float):
 
 
 def _nearest_labels(img: np.ndarray, p: np.ndarray, radius_px: float) -> dict[int, float]:
-    """Smallest distance (px) from point ``p`` to each label within ``radius_px``."""
+    """Smallest distance (px) from point ``p`` to each label within ``radius_px``. The
+    definition (one point, one crop); :func:`_nearest_labels_many` answers many at once."""
     r = int(math.ceil(radius_px)) + 1
     y0, x0 = int(round(p[0])), int(round(p[1]))
     ys, xs = max(y0 - r, 0), max(x0 - r, 0)
@@ -222,6 +258,61 @@ def _nearest_labels(img: np.ndarray, p: np.ndarray, radius_px: float) -> dict[in
     lab, d = lab[order], d[order]
     first = np.r_[True, lab[1:] != lab[:-1]]
     return dict(zip(lab[first].tolist(), d[first].tolist()))
+
+
+def _nearest_labels_many(img: np.ndarray, pts: np.ndarray, radius_px: float,
+                         edge: np.ndarray | None = None) -> list[dict[int, float]]:
+    """:func:`_nearest_labels` for many points of one label image at once, same answers.
+
+    The pixel of a label nearest to a point is the pixel the point lies in, or else a pixel on
+    the label's outline (4-neighbour boundary; any other pixel has a neighbour of the same
+    label nearer to the point). So only the outline pixels are searched, with a KD-tree
+    (scipy), plus the label under each point; distances are computed as in
+    :func:`_nearest_labels`.
+    """
+    from scipy.spatial import cKDTree
+
+    n = len(pts)
+    out: list[dict[int, float]] = [{} for _ in range(n)]
+    if n == 0 or img.size == 0:
+        return out
+    if edge is None:
+        edge = _outline(img, border=True)
+    ey, ex = np.nonzero(edge)
+    q_idx, lab_l, d_l = [], [], []
+    if len(ey):
+        hits = cKDTree(np.column_stack([ey, ex])).query_ball_point(pts, radius_px + 1.0)
+        counts = np.fromiter((len(h) for h in hits), dtype=np.int64, count=n)
+        if counts.sum():
+            e = np.fromiter(chain.from_iterable(hits), dtype=np.int64, count=counts.sum())
+            qi = np.repeat(np.arange(n), counts)
+            q_idx.append(qi)
+            lab_l.append(img[ey[e], ex[e]])
+            d_l.append(np.hypot(ey[e] - pts[qi, 0], ex[e] - pts[qi, 1]))
+    # the pixel under each point (interior pixels are not on an outline)
+    ry = np.round(pts[:, 0]).astype(np.int64)
+    rx = np.round(pts[:, 1]).astype(np.int64)
+    ok = (ry >= 0) & (ry < img.shape[0]) & (rx >= 0) & (rx < img.shape[1])
+    qi = np.nonzero(ok)[0]
+    if len(qi):
+        lab = img[ry[qi], rx[qi]]
+        keep = lab > 0
+        q_idx.append(qi[keep])
+        lab_l.append(lab[keep])
+        d_l.append(np.hypot(ry[qi][keep] - pts[qi[keep], 0], rx[qi][keep] - pts[qi[keep], 1]))
+    if not q_idx:
+        return out
+    qi, lab, d = np.concatenate(q_idx), np.concatenate(lab_l), np.concatenate(d_l)
+    keep = d <= radius_px
+    qi, lab, d = qi[keep], lab[keep], d[keep]
+    if len(qi) == 0:
+        return out
+    order = np.lexsort((d, lab, qi))
+    qi, lab, d = qi[order], lab[order], d[order]
+    first = np.r_[True, (qi[1:] != qi[:-1]) | (lab[1:] != lab[:-1])]
+    for i, lb, dd in zip(qi[first].tolist(), lab[first].tolist(), d[first].tolist()):
+        out[i][lb] = dd
+    return out
 
 
 def _velocities(cell_frames: pd.DataFrame | None, drift: pd.DataFrame | None) -> dict:
@@ -289,24 +380,32 @@ def assign_tracks(
                          fix="give the pixel size in µm.")
     if len(migrasomes) == 0:
         return pd.DataFrame({c: pd.Series([], dtype=d) for c, d in ASSIGN_COLUMNS.items()})
-    fiber_cell: dict[tuple[int, int], int] = {}
-    if fibers is not None and len(fibers):
-        fiber_cell = {(int(f), int(i)): int(c) for f, i, c in
-                      fibers[["frame", "fiber_id", "cell_id"]].itertuples(index=False)}
-    motion = _velocities(cell_frames, drift)
     has_fib, has_cel = fiber_labels is not None, cell_labels is not None
     n_t = int(cell_labels.shape[0]) if has_cel else None
+    transient, transient_frames = _transient_cells(
+        cell_frames, min(config.min_cell_frames,
+                         n_t if n_t else int(migrasomes["frame"].max()) + 1))
+    fiber_cell: dict[tuple[int, int], int] = {}
+    if fibers is not None and len(fibers):
+        fiber_cell = {(int(f), int(i)): -1 if int(c) in transient else int(c) for f, i, c in
+                      fibers[["frame", "fiber_id", "cell_id"]].itertuples(index=False)}
+    motion = _velocities(cell_frames, drift)
     use_geo = bool(config.fiber_geodesic and has_fib and has_cel)
 
     m = migrasomes.sort_values(["track_id", "frame"], kind="stable")
     fr = m["frame"].to_numpy(np.int64)
     dy, dx = drift_at_frames(drift, fr)
     m = m.assign(_yc=m["y_px"].to_numpy(np.float64) - dy, _xc=m["x_px"].to_numpy(np.float64) - dx)
-    births = []
-    for tid, g in m.groupby("track_id", sort=False):
-        head = g.iloc[: config.birth_frames]
-        births.append((int(head["frame"].iloc[0]), int(tid), head["frame"].to_numpy(),
-                       np.array([head["_yc"].median(), head["_xc"].median()])))
+    # each track's first birth_frames rows (m is sorted by track, then frame) and the median
+    # of their positions, in one groupby instead of a Python loop over tracks
+    head = m.groupby("track_id", sort=False).head(config.birth_frames)
+    med = head.groupby("track_id", sort=False)[["_yc", "_xc"]].median()
+    h_tid = head["track_id"].to_numpy(np.int64)
+    h_fr = head["frame"].to_numpy(np.int64)
+    starts = np.r_[0, np.nonzero(h_tid[1:] != h_tid[:-1])[0] + 1, len(h_tid)]
+    med_yx = med.loc[h_tid[starts[:-1]]].to_numpy(np.float64)
+    births = [(int(h_fr[a]), int(h_tid[a]), h_fr[a:b], med_yx[i].copy())
+              for i, (a, b) in enumerate(zip(starts[:-1], starts[1:]))]
     births.sort(key=lambda b: (b[0], b[1]))
 
     n_all = int(max(fr.max(), n_t - 1 if n_t else 0)) + 1
@@ -337,17 +436,28 @@ def assign_tracks(
     cel_ans: dict[tuple[int, int], dict[int, float]] = {}
     for f in sorted(set(fib_q) | set(cel_q)):
         cells = np.asarray(cell_labels[f]) if has_cel and (f in cel_q or use_geo) else None
+        if cells is not None and f in transient_frames:
+            cells = np.where(np.isin(cells, transient_frames[f]), 0, cells)
+        edge = _outline(cells, border=False) if cells is not None else None
         if f in fib_q:
             lab = np.asarray(fiber_labels[f])
-            frame_geo = _geodesic(lab, cells, config.attach_distance_um / pixel_size_um) \
-                if use_geo and cells is not None else None
-            for k in fib_q[f]:
-                fib_ans[(k, f)] = _fiber_cell(lab, f, at(births[k][3], f), fiber_cell, r_fib,
-                                              frame_geo)
+            frame_geo = _geodesic(lab, cells, config.attach_distance_um / pixel_size_um,
+                                  edge) if use_geo and cells is not None else None
+            ks = fib_q[f]
+            pts = np.array([at(births[k][3], f) for k in ks]).reshape(-1, 2)
+            for k, hit in zip(ks, _fiber_cells_many(lab, f, pts, fiber_cell, r_fib, frame_geo)):
+                fib_ans[(k, f)] = hit
             del lab, frame_geo
-        for k in cel_q.get(f, ()):
-            cel_ans[(k, f)] = _nearest_labels(cells, at(births[k][3], f), r_cel)
-        del cells
+        if f in cel_q:
+            ks = cel_q[f]
+            pts = np.array([at(births[k][3], f) for k in ks]).reshape(-1, 2)
+            # the outline with the image border (a label's pixel nearest to a point
+            # outside it may lie on the border)
+            edge[0], edge[-1], edge[:, 0], edge[:, -1] = (cells[0] > 0, cells[-1] > 0,
+                                                          cells[:, 0] > 0, cells[:, -1] > 0)
+            for k, near in zip(ks, _nearest_labels_many(cells, pts, r_cel, edge)):
+                cel_ans[(k, f)] = near
+        del cells, edge
 
     rows = []
     for k, (birth, tid, head_frames, pc) in enumerate(births):
@@ -365,12 +475,86 @@ def assign_tracks(
     return out.astype(ASSIGN_COLUMNS).reset_index(drop=True)
 
 
+def _fiber_cells_many(lab: np.ndarray, f: int, pts: np.ndarray, fiber_cell: dict,
+                      radius_px: float, frame_geo=None) -> list:
+    """:func:`_fiber_cell` for many points of one frame at once, same answers."""
+    if frame_geo is not None:
+        return _geodesic_cells_at_many(frame_geo, pts, radius_px)
+    out = []
+    for near in _nearest_labels_many(lab, pts, radius_px):
+        if not near:
+            out.append(None)
+            continue
+        fiber_id, d = min(near.items(), key=lambda kv: kv[1])
+        out.append((fiber_cell.get((f, int(fiber_id)), -1), d))
+    return out
+
+
+def _geodesic_cells_at_many(frame_geo, pts: np.ndarray, radius_px: float) -> list:
+    """:func:`_geodesic_cell_at` for many points at once (a KD-tree over the skeleton pixels,
+    scipy), same answers: ties go to the first pixel in row-major order, as there."""
+    from scipy.spatial import cKDTree
+
+    _, cell_of, geo, lab, sy, sx = frame_geo  # node k: the k-th skeleton pixel, row-major
+    n = len(pts)
+    out: list = [None] * n
+    if n == 0 or len(sy) == 0:
+        return out
+    hits = cKDTree(np.column_stack([sy, sx])).query_ball_point(pts, radius_px + 1.0)
+    counts = np.fromiter((len(h) for h in hits), dtype=np.int64, count=n)
+    if counts.sum() == 0:
+        return out
+    node = np.fromiter(chain.from_iterable(hits), dtype=np.int64, count=counts.sum())
+    qi = np.repeat(np.arange(n), counts)
+    d = np.hypot(sy[node] - pts[qi, 0], sx[node] - pts[qi, 1])
+    keep = d <= radius_px
+    qi, node, d = qi[keep], node[keep], d[keep]
+    if len(qi) == 0:
+        return out
+    # the nearest skeleton pixel of each point (first in row-major order on ties): its fiber
+    order = np.lexsort((node, d, qi))
+    first = order[np.r_[True, qi[order][1:] != qi[order][:-1]]]
+    q_first = qi[first]
+    near_lab = np.zeros(n, dtype=lab.dtype)
+    near_d = np.zeros(n)
+    near_lab[q_first] = lab[sy[node[first]], sx[node[first]]]
+    near_d[q_first] = d[first]
+    same = lab[sy[node], sx[node]] == near_lab[qi]
+    qi, node, d = qi[same], node[same], d[same]
+    total = d + geo[node]
+    order = np.lexsort((node, total, qi))
+    best = order[np.r_[True, qi[order][1:] != qi[order][:-1]]]
+    for q, b in zip(qi[best].tolist(), best.tolist()):
+        if not np.isfinite(total[b]):
+            out[q] = (-1, float(near_d[q]))
+        else:
+            out[q] = (int(cell_of[node[b]]), float(near_d[q]))
+    return out
+
+
+def _transient_cells(cell_frames: pd.DataFrame | None,
+                     min_frames: int) -> tuple[set[int], dict[int, np.ndarray]]:
+    """Cells seen in fewer than ``min_frames`` frames (segmentation artefacts: a piece of a
+    cell cut off for a frame or two, a passing blob), and per frame the ids of those there."""
+    if cell_frames is None or len(cell_frames) == 0 or min_frames <= 1:
+        return set(), {}
+    n = cell_frames.groupby("cell_id")["frame"].nunique()
+    short = n.index[n.to_numpy() < min_frames].to_numpy(np.int64)
+    if len(short) == 0:
+        return set(), {}
+    rows = cell_frames[cell_frames["cell_id"].isin(short)]
+    per_frame = {int(f): g["cell_id"].to_numpy(np.int64)
+                 for f, g in rows.groupby("frame", sort=True)}
+    return {int(c) for c in short}, per_frame
+
+
 def _fiber_cell(lab: np.ndarray, f: int, p: np.ndarray, fiber_cell: dict, radius_px: float,
                 frame_geo=None):
     """(cell_id, distance px) of the nearest fiber within ``radius_px`` of ``p`` in frame
     ``f`` (fiber labels ``lab``); cell_id -1 when that fiber is attached to no cell; None
     when there is no fiber. With ``frame_geo`` (:func:`_geodesic` of that frame), the cell is
-    the one reached first along the fiber."""
+    the one reached first along the fiber. The definition for one point;
+    :func:`_fiber_cells_many` answers many at once."""
     if frame_geo is not None:
         return _geodesic_cell_at(frame_geo, p, radius_px)
     near = _nearest_labels(lab, p, radius_px)
