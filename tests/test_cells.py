@@ -390,3 +390,64 @@ def test_benchmark_object_scores_on_hand_made_labels():
                  "false_cells": 1, "missed": 1}
     s2 = object_scores(np.stack([truth, truth]), np.stack([pred, truth]))
     assert s2["n_true"] == 10 and s2["matched"] == 7 and s2["merges"] == 1
+
+
+def _ellipse(shape, cy, cx, a_um, b_um, angle):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    c, s = np.cos(angle), np.sin(angle)
+    u = ((xx - cx) * c + (yy - cy) * s) * PX
+    v = (-(xx - cx) * s + (yy - cy) * c) * PX
+    return (u / a_um) ** 2 + (v / b_um) ** 2 <= 1
+
+
+@pytest.mark.parametrize("preset", ["tspan4_gfp", "wga"])
+@pytest.mark.parametrize("sep_um", [15.0, 16.0])
+def test_cells_touching_in_a_v_are_split_on_the_placed_edges(preset, sep_um):
+    """Two 28 x 14 µm cells tilted +-20° from vertical, touching (or overlapping by a few µm²)
+    at their lower ends: the coarse mask, smoothed and wider than the cells, joins them with
+    no constriction (one label without the split on the placed edges); on the placed edges
+    the neck shows and each cell gets its own label covering it."""
+    import dataclasses
+
+    cfg = load_config(preset).cells
+    shape = (260, 300)
+    a = _ellipse(shape, 130, 150 - sep_um / 2 / PX, 14.0, 7.0, np.deg2rad(70))
+    b = _ellipse(shape, 130, 150 + sep_um / 2 / PX, 14.0, 7.0, np.deg2rad(110))
+    if preset == "wga":  # bright 0.5 µm membrane rim, dim interior
+        rims = ((a & ~ndi.binary_erosion(a, iterations=2))
+                | (b & ~ndi.binary_erosion(b, iterations=2)))
+        signal = 80.0 * rims + 12.0 * (a | b)
+    else:
+        signal = 30.0 * (a | b)
+    frame = render(signal, seed=3)
+    labels = segment_cells(frame, pixel_size_um=PX, config=cfg, marker=preset)
+    assert labels.max() == 2
+    assert best_iou(labels, a & ~b) >= 0.9 and best_iou(labels, b & ~a) >= 0.9
+    for i in (1, 2):  # each piece one connected region (no slivers from the 2x grid)
+        assert ndi.label(labels == i)[1] == 1
+    off = dataclasses.replace(cfg, edge_split_depth_um=50.0)  # only the coarse split
+    assert segment_cells(frame, pixel_size_um=PX, config=off, marker=preset).max() == 1
+
+
+@pytest.mark.parametrize("preset", ["tspan4_gfp", "wga"])
+def test_placed_edge_split_leaves_single_cells_whole(preset):
+    """One cell of each kind the split must not cut: a 34 x 13 µm ellipse with a ragged,
+    noisy edge (notches narrower than a µm are edge noise, not a neck) and a round 22 µm
+    cell: one label each, at low SNR too."""
+    cfg = load_config(preset).cells
+    shape = (220, 420)
+    long_cell = _ellipse(shape, 110, 120, 17.0, 6.5, 0.3)
+    rng = np.random.default_rng(4)
+    notches = ndi.binary_dilation(rng.random(shape) < 0.004, iterations=2)
+    long_cell &= ~(notches & ~ndi.binary_erosion(long_cell, iterations=int(1.0 / PX)))
+    round_cell = disk(shape, 110, 320, 11.0)
+    cells = long_cell | round_cell
+    if preset == "wga":
+        signal = 80.0 * (cells & ~ndi.binary_erosion(cells, iterations=2)) + 12.0 * cells
+    else:
+        signal = 30.0 * cells
+    for noise in (5.0, 12.0):
+        labels = segment_cells(render(signal, noise=noise, seed=2), pixel_size_um=PX,
+                               config=cfg, marker=preset)
+        assert labels.max() == 2
+        assert best_iou(labels, long_cell) >= 0.85 and best_iou(labels, round_cell) >= 0.85

@@ -24,6 +24,10 @@ Cells are large (15-40 µm) and dim compared with migrasomes, so they are found 
    Attachments narrower than ~1 µm are cut by an opening.
    A cell that this leaves in two pieces, each with a cell's area and core (two cells
    touching at a point, a neck the coarse grid's smoothing filled), becomes two cells.
+   Touching or overlapping cells that the coarse mask (smoothed and wider than the cells)
+   glued without a constriction are split again on the placed edges, where the neck between
+   them shows: the same distance-transform watershed, its seeds ``edge_split_depth_um``
+   above the neck, each piece with a cell's core and area.
    This step runs only in crops around each group of cells (cells cover a fraction of most
    frames), and the labels are written to the full-resolution frame from those crops.
 
@@ -75,6 +79,13 @@ class CellConfig:
         2.0, unit="um", min=0.0, max=50.0,
         help="two touching cells are split only if the constriction between them is this "
              "much narrower (in half-width) than the thinner of the two",
+    )
+    edge_split_depth_um: float = param(
+        1.5, unit="um", min=0.0, max=50.0,
+        help="second split, on the placed edges (fine grid): two touching cells are split "
+             "if the constriction between them is this much narrower (in half-width) than "
+             "the thinner of the two; the coarse mask, smoothed and wider, hides the "
+             "constriction between touching or overlapping cells",
     )
     threshold_sigmas: float = param(
         4.0, min=0.5, max=100.0,
@@ -332,14 +343,16 @@ def _mesh_background(image: np.ndarray, tile: int) -> np.ndarray:
 
 
 def _seeds(dist: np.ndarray, comp: np.ndarray, min_distance_px: float,
-           depth_px: float) -> np.ndarray:
+           depth_px: float, min_peak_px: float = 1.0) -> np.ndarray:
     """Seed points of the distance transform: peaks at least ``min_distance_px`` apart, and
-    only where the straight path between two peaks dips by more than ``depth_px``."""
+    only where the straight path between two peaks dips by more than ``depth_px``; only
+    peaks at least ``min_peak_px`` from the edge count."""
     # local maxima of the distance transform within a (min_distance_px // 2)-radius square
     # (as skimage's peak_local_max finds them; its extra spacing pass is left out: the
     # loop below keeps only peaks min_distance_px apart anyway)
     r = max(1, int(min_distance_px // 2))
-    is_peak = (dist == ndi.maximum_filter(dist, size=2 * r + 1, mode="constant")) & (dist >= 1.0)
+    is_peak = ((dist == ndi.maximum_filter(dist, size=2 * r + 1, mode="constant"))
+               & (dist >= max(1.0, min_peak_px)))
     is_peak &= comp > 0
     peaks = np.argwhere(is_peak)
     if len(peaks) == 0:
@@ -368,11 +381,15 @@ def _seeds(dist: np.ndarray, comp: np.ndarray, min_distance_px: float,
 
 
 def _split(mask_labels: np.ndarray, n: int, min_distance_px: float,
-           depth_px: float, min_area_px: float = 0.0) -> np.ndarray:
+           depth_px: float, min_area_px: float = 0.0, min_core_px: float = 0.0,
+           smooth_px: float = 0.0) -> np.ndarray:
     """Split touching cells of each component by a watershed of its distance transform.
 
     Components smaller than twice ``min_area_px`` cannot hold two cells and are skipped
-    (most components of a frame are small bits that are rejected later)."""
+    (most components of a frame are small bits that are rejected later). With
+    ``min_core_px``, only seeds that far from the edge (a cell's core) count, and only
+    pieces of at least ``min_area_px`` are kept apart (a smaller piece goes to its
+    neighbours), so that every piece is a cell on its own."""
     out = mask_labels.copy()
     next_id = n + 1
     area = np.bincount(mask_labels.ravel(), minlength=n + 1)
@@ -381,13 +398,32 @@ def _split(mask_labels: np.ndarray, n: int, min_distance_px: float,
             continue
         sl = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in sl)
         comp = mask_labels[sl] == i
-        dist = ndi.distance_transform_edt(comp)
-        seeds = _seeds(dist, comp.astype(np.int32), min_distance_px, depth_px)
+        shape_mask = comp
+        if min_core_px > 0 and smooth_px > 0:
+            # the outline's small notches and holes (noise on the fine grid) are not the
+            # constriction between two cells: the distance transform of the mask closed by
+            # a disk of smooth_px (padded so that the closing does not stick to the crop)
+            r = int(smooth_px)
+            pad = np.pad(comp, r)
+            shape_mask = _fill_holes(_erode(_dilate(pad, r, alternate=True), r,
+                                            alternate=True))[r:-r, r:-r] | comp
+        dist = ndi.distance_transform_edt(shape_mask)
+        seeds = _seeds(dist, comp.astype(np.int32), min_distance_px, depth_px,
+                       min_peak_px=min_core_px)
         if len(seeds) < 2:
             continue
         markers = np.zeros(comp.shape, dtype=np.int32)
         markers[seeds[:, 0], seeds[:, 1]] = np.arange(1, len(seeds) + 1)
         ws = watershed(-dist, markers, mask=comp)
+        if min_core_px > 0:
+            big = np.bincount(ws.ravel(), minlength=len(seeds) + 1)[1:] >= min_area_px
+            if big.sum() < 2:
+                continue
+            if not big.all():
+                seeds = seeds[big]
+                markers[:] = 0
+                markers[seeds[:, 0], seeds[:, 1]] = np.arange(1, len(seeds) + 1)
+                ws = watershed(-dist, markers, mask=comp)
         sub = out[sl]
         for k in range(2, len(seeds) + 1):
             sub[ws == k] = next_id
@@ -643,8 +679,58 @@ def _refine(fine_raw: np.ndarray, bg: np.ndarray, coarse: np.ndarray, grown: np.
     relabel, next_id = _split_pieces(lab_f > 0, lab_f, fpx, config, next_id)
     if relabel is not None:
         lab_f = np.where(relabel > 0, relabel, lab_f)
+    # touching cells that the coarse mask (smoothed, wider than the cells) glued without a
+    # constriction: the same distance-transform split on the placed edges, where the neck
+    # between two touching or overlapping cells shows; each piece must be a cell on its own
+    # (a core min_half_width_um deep, min_area_um2), and notches or holes narrower than
+    # _SHAPE_SMOOTH_UM (noise in the edge) do not count as a neck
+    if config.split_touching:
+        lab_f, next_id = _split_placed(lab_f, fpx, config, next_id)
     return lab_f, next_id
 
+
+def _split_placed(lab_f: np.ndarray, fpx: float, config: CellConfig,
+                  next_id: int) -> tuple[np.ndarray, int]:
+    """:func:`_split` of the fine-grid labels ``lab_f`` (pixel ``fpx`` µm); split-off pieces
+    get ids from ``next_id`` on. Returns the labels and the next unused id.
+
+    The distance transform and its seeds are computed on every other pixel of the fine grid
+    when that is still finer than ``_SPLIT_GRID_UM`` (a neck of a µm or more is measured as
+    well, at a quarter of the cost); the pieces are mapped back to the fine grid, a fine
+    pixel whose subsampled pixel lies outside its own cell (edge pixels) taking the piece of
+    its nearest neighbour.
+    """
+    h = 2 if 2 * fpx <= _SPLIT_GRID_UM else 1
+    half = lab_f[::h, ::h]
+    hpx = fpx * h
+    split = _split(half, next_id - 1, config.min_cell_distance_um / hpx,
+                   config.edge_split_depth_um / hpx, config.min_area_um2 / (hpx * hpx),
+                   min_core_px=config.min_half_width_um / hpx,
+                   smooth_px=_SHAPE_SMOOTH_UM / hpx)
+    changed = split != half
+    if not changed.any():
+        return lab_f, next_id
+    top = int(split.max())
+    parent = np.arange(max(top, int(lab_f.max())) + 1)
+    parent[split[changed]] = half[changed]
+    next_id = max(next_id, top + 1)
+    if h == 1:
+        return split, next_id
+    up = upsample(split, h, lab_f.shape, order=0)
+    was_split = np.zeros(parent.size, dtype=bool)
+    was_split[half[changed]] = True
+    mine = was_split[lab_f]  # fine pixels of the cells that were split
+    ok = mine & (parent[up] == lab_f)
+    grown = _expand(np.where(ok, up, 0), 2)
+    fix = mine & ~ok & (parent[grown] == lab_f)
+    return np.where(ok, up, np.where(fix, grown, lab_f)).astype(lab_f.dtype), next_id
+
+
+#: Grid of the split on the placed edges (µm): necks of a µm or more are measured on it.
+_SPLIT_GRID_UM = 0.6
+#: Notches and holes of a placed outline narrower than this (µm) are noise in the edge, not
+#: the neck between two cells (see :func:`_split`).
+_SHAPE_SMOOTH_UM = 0.6
 
 #: Interior threshold (see :func:`_noisy_interior`): this many noise sigmas below the cell's
 #: level (a pixel at the level passes whatever the noise: 4 sigmas, p = 3e-5 of dropping out),
