@@ -318,3 +318,97 @@ def test_drift_products_are_held_in_a_bounded_window(sim_movie, config, monkeypa
     assert not reg._products  # all released
     d = res.tables["drift.csv"]
     assert len(d) == movie.n_frames and np.isfinite(d[["dy_px", "dx_px"]].to_numpy()).all()
+
+
+def test_pixel_budget_bounds_the_pixels_inside_and_lets_a_large_frame_run_alone():
+    """The detection gate: never more pixels inside than the budget, except one frame larger
+    than the budget, which then runs alone; every holder gets in."""
+    import threading
+    import time
+
+    gate = pipeline._PixelBudget(100)
+    lock = threading.Lock()
+    inside: list[int] = []
+    worst = {"pixels": 0, "count": 0, "big_with_others": False}
+
+    def work(pixels: int) -> None:
+        with gate.hold(pixels):
+            with lock:
+                inside.append(pixels)
+                worst["pixels"] = max(worst["pixels"], sum(inside))
+                worst["count"] = max(worst["count"], len(inside))
+                if any(p > 100 for p in inside) and len(inside) > 1:
+                    worst["big_with_others"] = True
+            time.sleep(0.01)
+            with lock:
+                inside.remove(pixels)
+
+    sizes = [40, 40, 40, 150, 40, 60, 40, 150, 30, 30]
+    threads = [threading.Thread(target=work, args=(p,)) for p in sizes]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=10)
+    assert not any(th.is_alive() for th in threads)
+    assert not inside and gate._used == 0
+    assert not worst["big_with_others"]
+    # two 40 px frames fit the budget together, three do not
+    assert 2 <= worst["count"] and worst["pixels"] <= 150
+
+
+def test_detection_gate_holds_one_large_frame_at_a_time(sim_movie, config, monkeypatch):
+    """With a budget below two frames, the frames of a movie run detection one at a time (the
+    memory bound of 2048² movies) and the tables are those of the ungated run."""
+    import threading
+
+    from migradetect import migrasomes
+
+    movie = open_movie(sim_movie.path)
+    stack = np.asarray(movie.data[:4, 0, 0])
+    mem = _memory_movie(stack, pixel_size_um=float(movie.calibration.pixel_size_um),
+                        frame_interval_s=movie.calibration.frame_interval_s)
+    free = pipeline.analyze_movie(mem, config, experiment="exp")
+
+    lock = threading.Lock()
+    state = {"now": 0, "most": 0}
+    detect = migrasomes.detect_migrasomes
+
+    def counting(*args, **kwargs):
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        try:
+            return detect(*args, **kwargs)
+        finally:
+            with lock:
+                state["now"] -= 1
+
+    monkeypatch.setattr(migrasomes, "detect_migrasomes", counting)
+    monkeypatch.setattr(pipeline, "_DETECTION_GATE",
+                        pipeline._PixelBudget(stack[0].size + stack[0].size // 2))
+    monkeypatch.setattr(pipeline, "_n_threads", lambda client: 2)
+    import dask
+
+    with dask.config.set(num_workers=2):
+        gated = pipeline.analyze_movie(mem, config, experiment="exp")
+    assert state["most"] == 1
+    for name in CSV_NAMES:
+        pd.testing.assert_frame_equal(gated.tables[name], free.tables[name])
+
+
+def test_release_free_memory_runs():
+    pipeline.release_free_memory()  # glibc: malloc_trim; elsewhere a no-op
+    pipeline.release_free_memory()
+
+
+def test_a_fresh_pipeline_import_leaves_trackpy_out():
+    """trackpy (with scikit-learn and IPython, ~75 MiB) is imported when linking starts,
+    not while the frames are processed."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import migradetect.pipeline, migradetect.cli, migradetect.batch; "
+            "print(sorted(m for m in ('trackpy', 'sklearn', 'IPython') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"

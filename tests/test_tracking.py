@@ -215,3 +215,21 @@ def test_fragment_merging_is_one_to_one_and_ordered_in_time():
     a, b, c = (out.x_px == 20.0), (out.x_px == 20.3), (out.x_px == 22.0)
     assert _n_ids(out, a | b) == 1
     assert _n_ids(out, c) == 1 and out.track_id[c].iloc[0] != out.track_id[a].iloc[0]
+
+
+def test_group_medians_equal_numpy_median_per_group():
+    from migradetect.tracking import group_medians
+
+    rng = np.random.default_rng(7)
+    for trial in range(50):
+        n = int(rng.integers(1, 120))
+        _, groups = np.unique(rng.integers(0, 15, n), return_inverse=True)
+        values = rng.normal(0, 50, (n, 2))
+        if trial % 3 == 0:
+            values = np.round(values)  # ties
+        if trial % 5 == 0:
+            values[rng.integers(0, n), 1] = np.nan
+        want = np.array([np.median(values[groups == g], axis=0)
+                         for g in range(groups.max() + 1)])
+        got = group_medians(values, groups, groups.max() + 1)
+        assert np.array_equal(got, want, equal_nan=True)

@@ -139,6 +139,28 @@ def _moving_median(d: np.ndarray, window: int) -> np.ndarray:
     return np.nanmedian(sliding_window_view(pad, window), axis=1)
 
 
+def _grouped_moving_median(d: np.ndarray, group: np.ndarray, window: int) -> np.ndarray:
+    """:func:`_moving_median` of each run of equal ``group`` values (rows sorted by group),
+    for all groups at once: the same windows (neighbours of other groups are NaN padding)
+    through one ``np.nanmedian``, so the values are those of a call per group (one call
+    per track cost a tenth of the growth step)."""
+    n = len(d)
+    if window <= 1 or n == 0:
+        return d.copy()
+    lo = window // 2
+    idx = np.arange(n)[:, None] + (np.arange(window) - lo)[None, :]
+    inside = (idx >= 0) & (idx < n)
+    idx = np.clip(idx, 0, n - 1)
+    inside &= group[idx] == group[:, None]
+    s = np.nanmedian(np.where(inside, d[idx], np.nan), axis=1)
+    # a group of one value: _moving_median returns it as it is
+    single = np.ones(n, dtype=bool)
+    single[1:] &= group[1:] != group[:-1]
+    single[:-1] &= group[:-1] != group[1:]
+    s[single] = d[single]
+    return s
+
+
 def _nanmedian(v: np.ndarray) -> float:
     v = v[np.isfinite(v)]
     return float(np.median(v)) if len(v) else math.nan
@@ -147,8 +169,10 @@ def _nanmedian(v: np.ndarray) -> float:
 def _one_track(
     frames: np.ndarray, d: np.ndarray, yx_um: tuple[np.ndarray | None, np.ndarray | None],
     intensity: np.ndarray | None, dt: float, n_frames: int, config: GrowthConfig,
+    smoothed: np.ndarray | None = None,
 ) -> dict:
-    """One track's row; its arrays sorted by frame (``yx_um``: µm positions or None)."""
+    """One track's row; its arrays sorted by frame (``yx_um``: µm positions or None).
+    ``smoothed``: the moving median of its finite diameters, when already computed."""
     first, last = int(frames[0]), int(frames[-1])
     n = len(frames)
     row: dict = {
@@ -173,7 +197,7 @@ def _one_track(
     row["growing_at_end"] = False
     if n_frames <= 1 or len(d) == 0:
         return row
-    s = _moving_median(d, config.smoothing_frames)
+    s = _moving_median(d, config.smoothing_frames) if smoothed is None else smoothed
     d_max = float(s.max())
     level = config.plateau_fraction * d_max
     i90 = int(np.argmax(s >= level))
@@ -270,13 +294,18 @@ def fit_tracks(
     inten = m[icol].to_numpy(np.float64) if icol in m else None
     starts = np.flatnonzero(np.r_[True, tids[1:] != tids[:-1]])
     stops = np.r_[starts[1:], len(tids)]
+    # the smoothed diameters of every track at once, over its finite diameters
+    finite = np.isfinite(diam)
+    smoothed = _grouped_moving_median(diam[finite], tids[finite], config.smoothing_frames)
+    s_bounds = np.searchsorted(np.flatnonzero(finite), np.r_[starts, len(tids)])
     rows = []
-    for a, b in zip(starts, stops, strict=True):
+    for k, (a, b) in enumerate(zip(starts, stops, strict=True)):
         sl = slice(a, b)
         row = _one_track(frames[sl], diam[sl],
                          tuple(None if v is None else v[sl] for v in pos),
                          None if inten is None else inten[sl],
-                         float(frame_interval_s), int(n_frames), config)
+                         float(frame_interval_s), int(n_frames), config,
+                         smoothed=smoothed[s_bounds[k]:s_bounds[k + 1]])
         row["track_id"] = int(tids[a])
         rows.append(row)
     return schema.conform(pd.DataFrame(rows), GROWTH_COLUMNS)

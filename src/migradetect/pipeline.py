@@ -27,13 +27,20 @@ How it runs
    pixels; 0.5 MiB for a 1024² frame), so the drift step never reads the movie again. The
    products go to a :class:`migradetect.drift.PairRegistrar` as each window arrives: the
    frame pairs are registered there and only the last ``drift.pair_gap`` products (plus one
-   window) are held, so memory does not grow with the movie length.
+   window) are held, so memory does not grow with the movie length. Memory per frame is
+   bounded too: migrasome detection, the stage with the largest working memory, admits
+   frames up to :data:`DETECTION_PIXEL_BUDGET` pixels at once (two 2048² frames never run
+   it together; 1024² frames are not held back), and the tasks of such large frames hand
+   their freed work arrays back to the system (:func:`release_free_memory`) when they leave
+   detection and before their thread takes the next frame.
 2. Across time, on tables plus label stacks read frame by frame from the zarr group: drift
    (solved from the registered pairs, refined on anchored migrasomes), bleach
    factors, cell tracking (then the ``cells`` array is relabelled in
    place with cell ids), migrasome linking in drift-corrected coordinates (then the
    ``migrasomes`` array is relabelled with track ids), assignment to cells, growth fits, cell
-   summaries.
+   summaries. The relabelling of each stack runs in a background thread beside the table
+   work that does not read that stack (linking beside the cell stack, assignment and growth
+   beside the migrasome stack).
 
 Results are deterministic: the same movie and config give identical tables on the threaded
 scheduler and on a distributed cluster. Rows are sorted (migrasomes by frame, y, x; tracks by
@@ -47,16 +54,22 @@ detected diameter), ``fibers`` holds per-frame fiber ids (``fiber_id`` of fibers
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import datetime as dt
+import functools
 import hashlib
 import logging
 import os
 import platform
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -84,6 +97,80 @@ FULL_HASH_MAX_BYTES = 512 * 2**20
 N_ACROSS_TIME_STEPS = 5
 
 LABEL_ARRAYS = ("cells", "fibers", "migrasomes")
+
+#: Most pixels of frames in migrasome detection at once, over all threads of the process.
+#: Detection is the stage with the largest working memory: its scale space and per-candidate
+#: windows peak at ~85 bytes per pixel on crowded frames (350 MiB for a 2048² frame, measured),
+#: against ~15-20 for the other stages. 4 Mi px lets up to four 1024² frames detect at once
+#: (no waiting with the usual 2-4 threads) but a 2048² frame only alone: two threads both in
+#: detection were the spikes of a 2048² movie's peak RSS. A frame larger than the budget still
+#: runs, alone. On a dask.distributed cluster each worker process has its own budget.
+DETECTION_PIXEL_BUDGET = 4 * 2**20
+
+
+class _PixelBudget:
+    """A counting gate in pixels: :meth:`hold` waits while the frames inside would exceed
+    ``limit`` (a frame larger than ``limit`` waits until the stage is empty, then runs).
+
+    A frame of more than half the limit (one that takes turns) gives its thread's freed
+    memory back (:func:`release_free_memory`) before it waits and when it leaves: the
+    allocator would otherwise keep the stage's freed work arrays in that thread's arena while
+    the next frame's stage allocates its own, and the turns would bound nothing.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = int(limit)
+        self._used = 0
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        pixels = int(pixels)
+        large = 2 * pixels > self.limit
+        if large:
+            release_free_memory()
+        with self._cond:
+            while self._used > 0 and self._used + pixels > self.limit:
+                self._cond.wait()
+            self._used += pixels
+        try:
+            yield
+        finally:
+            if large:
+                release_free_memory()
+            with self._cond:
+                self._used -= pixels
+                self._cond.notify_all()
+
+
+_DETECTION_GATE = _PixelBudget(DETECTION_PIXEL_BUDGET)
+
+
+@lru_cache(maxsize=1)
+def _malloc_trim() -> Any:
+    """glibc's ``malloc_trim`` (None elsewhere: macOS and Windows return freed memory
+    themselves)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
+
+
+def release_free_memory() -> None:
+    """Give the memory that freed arrays left in the C allocator back to the system.
+
+    glibc raises its mmap threshold to the size of the largest array freed so far (up to
+    32 MiB), so after the first frame the 4-16 MiB work arrays of a frame come from each
+    thread's malloc arena, and an arena keeps its high-water mark after they are freed: with
+    2 threads a 2048² movie held ~270 MiB of freed memory through the whole run.
+    ``malloc_trim`` returns the free pages of every arena (a few ms; no-op off glibc).
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 @dataclass
@@ -193,8 +280,8 @@ def process_frame(
     from migradetect import cells, fibers, migrasomes, preprocess
 
     raw = preprocess.finite_frame(np.asarray(frame), frame_index)
-    corrected, _background = preprocess.subtract_background(
-        raw, pixel_size_um=pixel_size_um, config=config.preprocess)
+    corrected = preprocess.subtract_background(
+        raw, pixel_size_um=pixel_size_um, config=config.preprocess)[0]
     if cell_frame is None:
         cell_image = raw
     else:
@@ -202,12 +289,17 @@ def process_frame(
     cell_labels = np.asarray(
         cells.segment_cells(cell_image, pixel_size_um=pixel_size_um, config=config.cells,
                             marker=config.marker), dtype=np.int32)
+    del cell_image
+    # detection before the fibers (they are independent): a frame waiting for the detection
+    # gate, or inside it, holds no fiber labels yet
+    with _DETECTION_GATE.hold(corrected.size):  # bounded memory (DETECTION_PIXEL_BUDGET)
+        detections = migrasomes.detect_migrasomes(
+            corrected, pixel_size_um=pixel_size_um, psf_sigma_um=psf_sigma_um,
+            config=config.migrasomes, cell_labels=cell_labels, frame_index=frame_index)
     fiber_labels, fiber_table = fibers.segment_fibers(
         corrected, pixel_size_um=pixel_size_um, psf_sigma_um=psf_sigma_um,
         config=config.fibers, cell_labels=cell_labels, frame_index=frame_index)
-    detections = migrasomes.detect_migrasomes(
-        corrected, pixel_size_um=pixel_size_um, psf_sigma_um=psf_sigma_um,
-        config=config.migrasomes, cell_labels=cell_labels, frame_index=frame_index)
+    del corrected
     detections = schema.conform(detections, schema.DETECTIONS)
     mig_labels = np.asarray(
         migrasomes.render_labels(detections, raw.shape, pixel_size_um), dtype=np.int32)
@@ -255,8 +347,13 @@ def _frame_task(
     if drift_product:
         product = drift.prepare_frame(preprocess.finite_frame(frame, t), out.cell_labels,
                                       pixel_size_um=pixel_size_um, config=config.drift)
-    return (t, out.detections, out.fibers, out.stats, (frame.copy() if keep_image else None),
-            product)
+    result = (t, out.detections, out.fibers, out.stats, (frame.copy() if keep_image else None),
+              product)
+    large = 2 * frame.size > _DETECTION_GATE.limit  # a frame that takes turns in detection
+    del out, frame, cell_frame
+    if large:  # this frame's freed work arrays, before the thread takes the next frame
+        release_free_memory()  # (smaller frames reuse them: trimming cost them 2-3 % CPU)
+    return result
 
 
 def _relabel_task(array: Any, t: int, old: np.ndarray, new: np.ndarray) -> int:
@@ -288,6 +385,19 @@ def _compute_windows(tasks: list[Any], client: Any, window: int,
     """
     return compute_bounded(tasks, client=client, n_workers=_n_threads(client),
                            max_in_flight=window, on_done=on_done, consume=consume)
+
+
+def _run_beside(pool: ThreadPoolExecutor, client: Any, fn: Callable[[], Any]) -> Future:
+    """``fn()`` in ``pool``'s thread on the local threaded scheduler; here and now (an
+    already finished future) with a distributed ``client``."""
+    if client is None:
+        return pool.submit(fn)
+    done: Future = Future()
+    try:
+        done.set_result(fn())
+    except BaseException as exc:  # noqa: BLE001 - re-raised by .result(), as from a pool
+        done.set_exception(exc)
+    return done
 
 
 @contextmanager
@@ -416,13 +526,19 @@ def analyze_movie(
     qc_frames = sorted({0, n_frames // 2, n_frames - 1})
     data = movie.data
     want_drift = bool(config.drift.enabled and n_frames > 1)
+    # the arguments shared by every frame are bound in a partial: dask.delayed would walk
+    # the nested config dataclasses of every task (7 ms per frame in this thread, before the
+    # first frame starts: 0.7 ms this way)
+    frame_task = functools.partial(_frame_task, arrays=arrays, pixel_size_um=pixel_size_um,
+                                   psf_sigma_um=psf_sigma_um, config=config,
+                                   drift_product=want_drift)
     tasks = []
     for t in range(n_frames):
         mig = data[t, c_mig, 0]
         cell = None if c_cell is None else data[t, c_cell, 0]
-        tasks.append(dask.delayed(_frame_task)(
-            mig, cell, t, arrays, pixel_size_um, psf_sigma_um, config, t in qc_frames,
-            want_drift, dask_key_name=f"migradetect-frame-{run_id}-{t}"))
+        tasks.append(dask.delayed(frame_task)(
+            mig, cell, t, keep_image=t in qc_frames,
+            dask_key_name=f"migradetect-frame-{run_id}-{t}"))
     window = 2 * _n_threads(client)
     registrar = None
     if want_drift:
@@ -459,6 +575,7 @@ def analyze_movie(
         stats = pd.DataFrame([r[3] for r in per_frame])
         qc_images = {r[0]: r[4] for r in per_frame if r[4] is not None}
         del per_frame
+        release_free_memory()
 
         # --- drift (cells masked), bleaching --------------------------------------------
         drift = across_time.estimate_drift(
@@ -472,36 +589,50 @@ def analyze_movie(
         stats = stats.assign(bleach_factor=factors)
 
         # --- cells: track, relabel the stack with cell ids -------------------------------
-        mapping, cell_frames = across_time.track_cells(
-            group["cells"], pixel_size_um=pixel_size_um, frame_interval_s=frame_interval_s,
-            drift=drift, config=config)
-        _compute_windows(across_time.relabel_tasks(group["cells"], mapping, "label", "cell_id",
-                                                   n_frames, _relabel_task,
-                                                   key=f"cells-{run_id}"), client, window)
-        fibers = across_time.fibers_table(fibers, mapping)
-        step()
+        # The relabelling of each stack (zarr reads, writes and compression: mostly outside
+        # the GIL) runs in the background while this thread goes on with the table work
+        # that does not read that stack: linking, then assignment and growth (assignment
+        # reads the cell ids, so the cell stack is finished first). With a cluster the
+        # relabelling is left in this thread (its workers do the work anyway).
+        background = ThreadPoolExecutor(max_workers=1,
+                                        thread_name_prefix="migradetect-relabel")
+        with background:
+            mapping, cell_frames = across_time.track_cells(
+                group["cells"], pixel_size_um=pixel_size_um,
+                frame_interval_s=frame_interval_s, drift=drift, config=config)
+            relabel_cells = _run_beside(background, client, functools.partial(
+                _compute_windows, across_time.relabel_tasks(
+                    group["cells"], mapping, "label", "cell_id", n_frames, _relabel_task,
+                    key=f"cells-{run_id}"), client, window))
+            fibers = across_time.fibers_table(fibers, mapping)
+            step()
 
-        # --- migrasomes: link, relabel the stack with track ids --------------------------
-        migrasomes = across_time.link(detections, drift, factors, pixel_size_um=pixel_size_um,
-                                      frame_interval_s=frame_interval_s, config=config)
-        _compute_windows(across_time.relabel_tasks(group["migrasomes"], migrasomes, "det_index",
-                                                   "track_id", n_frames, _relabel_task,
-                                                   offset=1, key=f"migrasomes-{run_id}"),
-                         client, window)
-        step()
+            # --- migrasomes: link, relabel the stack with track ids ----------------------
+            migrasomes = across_time.link(detections, drift, factors,
+                                          pixel_size_um=pixel_size_um,
+                                          frame_interval_s=frame_interval_s, config=config)
+            relabel_cells.result()
+            relabel_migrasomes = _run_beside(background, client, functools.partial(
+                _compute_windows, across_time.relabel_tasks(
+                    group["migrasomes"], migrasomes, "det_index", "track_id", n_frames,
+                    _relabel_task, offset=1, key=f"migrasomes-{run_id}"), client, window))
+            step()
 
-        # --- assignment, growth, cell summaries ------------------------------------------
-        assignment = across_time.assign(migrasomes, fibers, cell_frames, group, drift,
+            # --- assignment, growth, cell summaries --------------------------------------
+            assignment = across_time.assign(migrasomes, fibers, cell_frames, group, drift,
+                                            pixel_size_um=pixel_size_um, config=config)
+            step()
+            tracks = across_time.growth(migrasomes, assignment, n_frames=n_frames,
+                                        frame_interval_s=frame_interval_s,
                                         pixel_size_um=pixel_size_um, config=config)
+            migrasomes = across_time.attach_cells(migrasomes, tracks)
+            cells = across_time.summarize_cells(cell_frames, tracks, drift,
+                                                n_frames=n_frames,
+                                                pixel_size_um=pixel_size_um,
+                                                frame_interval_s=frame_interval_s)
+            relabel_migrasomes.result()
         step()
-        tracks = across_time.growth(migrasomes, assignment, n_frames=n_frames,
-                                    frame_interval_s=frame_interval_s,
-                                    pixel_size_um=pixel_size_um, config=config)
-        migrasomes = across_time.attach_cells(migrasomes, tracks)
-        cells = across_time.summarize_cells(cell_frames, tracks, drift, n_frames=n_frames,
-                                            pixel_size_um=pixel_size_um,
-                                            frame_interval_s=frame_interval_s)
-        step()
+        release_free_memory()
 
     fill = {"experiment": str(experiment), "movie": str(movie.name)}
     tables = {

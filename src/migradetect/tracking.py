@@ -41,7 +41,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import trackpy
 
 from migradetect.celltracking import relabel, summarize_cells, track_cells
 from migradetect.drift import drift_at_frames
@@ -52,7 +51,15 @@ __all__ = ["TrackingConfig", "link_migrasomes", "drift_at_frames", "track_cells"
            "summarize_cells"]
 
 log = logging.getLogger(__name__)
-trackpy.quiet()  # trackpy reports every frame at INFO level otherwise
+
+
+def _trackpy():
+    """trackpy, imported on first use: it imports scikit-learn and IPython (~75 MiB of a
+    process's memory), which the per-frame work of a movie never needs."""
+    import trackpy
+
+    trackpy.quiet()  # trackpy reports every frame at INFO level otherwise
+    return trackpy
 
 
 @dataclass(frozen=True)
@@ -103,6 +110,7 @@ class TrackingConfig:
 
 def _link(coords: np.ndarray, frames: np.ndarray, search_range: float, memory: int) -> np.ndarray:
     """trackpy link_iter over every frame from the first to the last; labels per row."""
+    trackpy = _trackpy()
     order = np.argsort(frames, kind="stable")
     f_sorted = frames[order]
     f0, f1 = int(f_sorted[0]), int(f_sorted[-1])
@@ -124,6 +132,27 @@ def _link(coords: np.ndarray, frames: np.ndarray, search_range: float, memory: i
         log.info("crowded linking subnetwork: retrying with an adaptive search range")
         run(adaptive_stop=0.1 * search_range, adaptive_step=0.9)
     return labels
+
+
+def group_medians(values: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
+    """Per group and column, the median of the rows of ``values`` (n, k) in that group
+    (``groups``: 0 .. n_groups - 1, every group non-empty); NaN where a group holds a NaN.
+
+    Bit for bit ``np.median(rows, axis=0)`` of each group (its middle value, or the mean
+    of the two middle ones), for all groups at once: one sort per column instead of a
+    ``np.median`` call per group (a fifth of the linking time with ~1000 fragments).
+    """
+    values = np.asarray(values)
+    groups = np.asarray(groups, dtype=np.int64)
+    counts = np.bincount(groups, minlength=n_groups)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    lo, hi, last = starts + (counts - 1) // 2, starts + counts // 2, starts + counts - 1
+    out = np.empty((n_groups, values.shape[1]), dtype=values.dtype)
+    for c in range(values.shape[1]):
+        v = values[np.lexsort((values[:, c], groups)), c]  # by group, then value (NaN last)
+        med = (v[lo] + v[hi]) / 2  # odd counts: lo == hi and (a + a) / 2 == a exactly
+        out[:, c] = np.where(np.isnan(v[last]), np.nan, med)
+    return out
 
 
 def merge_fragments(yx: np.ndarray, frames: np.ndarray, labels: np.ndarray, *,
@@ -148,11 +177,7 @@ def merge_fragments(yx: np.ndarray, frames: np.ndarray, labels: np.ndarray, *,
     last = np.full(len(ids), np.iinfo(np.int64).min)
     np.minimum.at(first, inv, frames)
     np.maximum.at(last, inv, frames)
-    # median position of each fragment (its anchor)
-    order = np.argsort(inv, kind="stable")
-    bounds = np.searchsorted(inv[order], np.arange(len(ids) + 1))
-    anchor = np.array([np.median(yx[order[bounds[k]:bounds[k + 1]]], axis=0)
-                       for k in range(len(ids))])
+    anchor = group_medians(yx, inv, len(ids))  # median position of each fragment
     pairs = cKDTree(anchor).query_pairs(max_distance, output_type="ndarray")
     if len(pairs) == 0:
         return labels
