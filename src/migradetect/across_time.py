@@ -92,7 +92,8 @@ def estimate_drift(movie: Any, group: Any, channel: int, *, pixel_size_um: float
         table = drift_mod.drift_from_pairs(compute(tasks), config=config.drift)
     if len(detections):
         table = drift_mod.refine_drift(detections, table, pixel_size_um=pixel_size_um,
-                                       config=config.drift, tracking_config=config.tracking)
+                                       config=config.drift, tracking_config=config.tracking,
+                                       pair_edges=edges)
     table = pd.DataFrame(table)[["frame", "dy_px", "dx_px"]]
     full = zero_drift(n)[["frame"]].merge(table, on="frame", how="left")
     full[["dy_px", "dx_px"]] = full[["dy_px", "dx_px"]].astype(float).fillna(0.0)
