@@ -451,3 +451,68 @@ def test_placed_edge_split_leaves_single_cells_whole(preset):
                                config=cfg, marker=preset)
         assert labels.max() == 2
         assert best_iou(labels, long_cell) >= 0.85 and best_iou(labels, round_cell) >= 0.85
+
+
+@pytest.mark.parametrize("preset", ["wga", "tspan4_gfp"])
+@pytest.mark.parametrize("cy_um, cx_um", [(25.0, -3.0), (-2.0, 25.0), (25.0, 57.0), (47.5, 52.5)])
+def test_cell_cut_by_the_frame_edge_is_segmented_whole(preset, cy_um, cx_um):
+    """A 9 µm cell whose centre lies outside the frame or near a corner (left, top, right
+    edge, bottom-right corner): the frame's edge is not the cell's, so its part in view is
+    one cell, whole. A membrane stain's dim interior, open to the frame's edge, used not to
+    be filled there (WGA IoU 0.72-0.84 here)."""
+    cfg = load_config(preset).cells
+    shape = (200, 220)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    r = np.hypot(yy - cy_um / PX, xx - cx_um / PX) * PX
+    cell = r <= 9.0
+    if preset == "wga":
+        signal = 80.0 * (np.abs(r - 9.0) <= 0.25) + 12.0 * cell
+    else:
+        signal = 30.0 * cell
+    for seed in (0, 1):
+        labels = segment_cells(render(signal, seed=seed), pixel_size_um=PX, config=cfg,
+                               marker=preset)
+        assert labels.max() == 1
+        assert iou(labels > 0, cell) >= 0.9
+
+
+def test_frame_wall_closes_only_the_stretch_a_cell_is_cut_on():
+    from migradetect.cells import _fill_holes, _frame_wall
+
+    # a membrane rim cut by the left frame edge: a "C" open to the left
+    mask = np.zeros((12, 12), dtype=bool)
+    mask[2, 0:8] = mask[9, 0:8] = True
+    mask[2:10, 7] = True
+    labels = np.zeros(mask.shape, dtype=np.int32)
+    labels[1:11, 0:9] = 1  # the cell's candidate region (with a gap at the frame edge)
+    labels[5, 0] = 0
+    labels[0:3, 11] = 2  # another cell at the right edge, outside this crop's frame edges
+    assert not _fill_holes(mask)[5, 3]  # open to the frame edge: not a hole
+    wall = _frame_wall(labels, (False, False, True, False))  # only the left side is the frame's
+    expect = np.zeros(mask.shape, dtype=bool)
+    expect[1:11, 0] = True  # first to last pixel of the cell on that side: the gap is closed
+    assert np.array_equal(wall, expect)
+    filled = _fill_holes(mask, closed=wall)
+    inside = np.zeros(mask.shape, dtype=bool)
+    inside[3:9, 0:7] = True
+    assert np.array_equal(filled, mask | inside)
+    assert _frame_wall(labels, (False, False, False, False)) is None
+
+
+@pytest.mark.parametrize("preset", ["wga", "tspan4_gfp"])
+def test_thin_strip_of_a_large_cell_cut_by_the_frame_is_kept(preset):
+    """A 30 µm cell of which only a 4 µm deep strip (58 µm²) is in view: the frame's edge is
+    not the cell's, so neither the core test (a point min_half_width_um from the edge) nor
+    the opening that cuts fans (open_radius_um) measure from it (the cell was dropped)."""
+    cfg = load_config(preset).cells
+    shape = (200, 220)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    r = np.hypot(yy - 100, xx - (4.0 - 15.0) / PX) * PX
+    cell = r <= 15.0
+    if preset == "wga":
+        signal = 80.0 * (np.abs(r - 15.0) <= 0.25) + 12.0 * cell
+    else:
+        signal = 30.0 * cell
+    labels = segment_cells(render(signal, seed=0), pixel_size_um=PX, config=cfg, marker=preset)
+    assert labels.max() == 1
+    assert iou(labels > 0, cell) >= 0.85

@@ -31,6 +31,12 @@ Cells are large (15-40 µm) and dim compared with migrasomes, so they are found 
    This step runs only in crops around each group of cells (cells cover a fraction of most
    frames), and the labels are written to the full-resolution frame from those crops.
 
+Cells cut by the frame's edge continue beyond it, so the frame's edge is not treated as
+theirs: it closes a cut cell's outline for the hole filling (what it encloses is filled when
+it is as bright as the cell's interior: a membrane stain's interior, not the gaps of a fan of
+fibers), and the core test, the opening, the rim crest and the distance transforms of the
+splits measure from the cell's edges in view only (mirrored across the frame's edge).
+
 Speed (~25 ms per 1024² frame on one core): the small binary and grey morphology runs on
 shifted views of whole arrays (several times cheaper here than scipy.ndimage's line
 buffers), the background plane by its normal equations, the per-cell medians by one sort.
@@ -138,11 +144,23 @@ def _coarse_factor(pixel_size_um: float, config: CellConfig) -> int:
     return max(1, int(round(config.coarse_pixel_um / pixel_size_um)))
 
 
-def _fill_holes(mask: np.ndarray) -> np.ndarray:
+def _fill_holes(mask: np.ndarray, closed: np.ndarray | None = None) -> np.ndarray:
     """:func:`scipy.ndimage.binary_fill_holes` (4-connected background, as there) by one
     labelling of the background: every background component not touching the border is a
-    hole (much faster than the iterative propagation for large frames)."""
+    hole (much faster than the iterative propagation for large frames).
+
+    ``closed``: optional boolean mask (same shape) of the border pixels beyond which the
+    object continues (a cell cut by the frame edge): the border there is a wall, not the
+    outside, so that a cell's interior that the frame cuts open (a membrane stain's dim
+    interior inside its bright rim) is still a hole. Only its outermost rows and columns
+    are read."""
     mask = np.asarray(mask, dtype=bool)
+    if closed is not None and (closed[0].any() or closed[-1].any() or closed[:, 0].any()
+                               or closed[:, -1].any()):
+        p = _pad1(mask)
+        p[0, 1:-1], p[-1, 1:-1] = closed[0], closed[-1]
+        p[1:-1, 0], p[1:-1, -1] = closed[:, 0], closed[:, -1]
+        return _fill_holes(p)[1:-1, 1:-1]
     bg, n = ndi.label(~mask)
     if n == 0:
         return mask.copy()
@@ -382,20 +400,28 @@ def _seeds(dist: np.ndarray, comp: np.ndarray, min_distance_px: float,
 
 def _split(mask_labels: np.ndarray, n: int, min_distance_px: float,
            depth_px: float, min_area_px: float = 0.0, min_core_px: float = 0.0,
-           smooth_px: float = 0.0) -> np.ndarray:
+           smooth_px: float = 0.0,
+           frame_edges: tuple[bool, bool, bool, bool] = (False, False, False, False),
+           ) -> np.ndarray:
     """Split touching cells of each component by a watershed of its distance transform.
 
     Components smaller than twice ``min_area_px`` cannot hold two cells and are skipped
     (most components of a frame are small bits that are rejected later). With
     ``min_core_px``, only seeds that far from the edge (a cell's core) count, and only
     pieces of at least ``min_area_px`` are kept apart (a smaller piece goes to its
-    neighbours), so that every piece is a cell on its own."""
+    neighbours), so that every piece is a cell on its own. ``frame_edges``: the sides of
+    ``mask_labels`` (top, bottom, left, right) that are the frame's edges; a cell cut there
+    continues beyond it, so the distance is to its edges within the frame only (else the
+    frame's edge would make a neck where it cuts a cell, and split it)."""
     out = mask_labels.copy()
     next_id = n + 1
     area = np.bincount(mask_labels.ravel(), minlength=n + 1)
+    ny, nx = mask_labels.shape
     for i, sl in enumerate(ndi.find_objects(mask_labels), start=1):
         if sl is None or area[i] < 2.0 * min_area_px:
             continue
+        cut = (frame_edges[0] and sl[0].start == 0, frame_edges[1] and sl[0].stop == ny,
+               frame_edges[2] and sl[1].start == 0, frame_edges[3] and sl[1].stop == nx)
         sl = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in sl)
         comp = mask_labels[sl] == i
         shape_mask = comp
@@ -407,7 +433,16 @@ def _split(mask_labels: np.ndarray, n: int, min_distance_px: float,
             pad = np.pad(comp, r)
             shape_mask = _fill_holes(_erode(_dilate(pad, r, alternate=True), r,
                                             alternate=True))[r:-r, r:-r] | comp
-        dist = ndi.distance_transform_edt(shape_mask)
+        if any(cut):
+            # outside the frame counts as cell: the distance is to the nearest edge pixel
+            # in the frame (as if the cell went on, mirrored, beyond it); a band as wide
+            # as the component is enough for that
+            w = max(shape_mask.shape)
+            pw = ((w * cut[0], w * cut[1]), (w * cut[2], w * cut[3]))
+            dist = ndi.distance_transform_edt(np.pad(shape_mask, pw, constant_values=True))
+            dist = dist[pw[0][0]:pw[0][0] + comp.shape[0], pw[1][0]:pw[1][0] + comp.shape[1]]
+        else:
+            dist = ndi.distance_transform_edt(shape_mask)
         seeds = _seeds(dist, comp.astype(np.int32), min_distance_px, depth_px,
                        min_peak_px=min_core_px)
         if len(seeds) < 2:
@@ -491,7 +526,8 @@ def coarse_cells(frame: np.ndarray, *, pixel_size_um: float, config: CellConfig,
         return labels.astype(np.int32), factor, bg, bg_lin
     if config.split_touching:
         labels = _split(labels, n, config.min_cell_distance_um / cpx,
-                        config.split_depth_um / cpx, config.min_area_um2 / (cpx * cpx))
+                        config.split_depth_um / cpx, config.min_area_um2 / (cpx * cpx),
+                        frame_edges=(True, True, True, True))
         n = int(labels.max())
     # reject small objects and objects whose signal is mostly in narrow bright things
     # (after splitting, so that a cell touching a cluster of migrasomes survives)
@@ -505,7 +541,9 @@ def coarse_cells(frame: np.ndarray, *, pixel_size_um: float, config: CellConfig,
     # bundles and chains of migrasomes are long but thin), i.e. that survives an erosion by
     # a disk (octagon) just short of that radius
     r_core = max(0, int(np.ceil(config.min_half_width_um / cpx)) - 1)
-    core = _erode(cells, r_core, alternate=True) if r_core > 0 else cells
+    # (mirrored across the frame's edges: the frame's edge is not a cut cell's edge)
+    core = (_framed(lambda m: _erode(m, r_core, alternate=True), cells, r_core,
+                    (True, True, True, True)) if r_core > 0 else cells)
     has_core = np.bincount(flat[core.ravel()], minlength=n + 1)[1:] > 0
     keep[1:] = ((area >= config.min_area_um2) & (punctate <= config.max_punctate_fraction)
                 & has_core)
@@ -586,7 +624,8 @@ def segment_cells(frame: np.ndarray, *, pixel_size_um: float, config: CellConfig
         lab, next_id = _refine(fine_raw[fsl], bg[csl], np.where(mine, coarse[csl], 0),
                                np.where(mine, grown[csl], 0), level, sigma_f, ratio, fpx,
                                config, marker, next_id,
-                               noise_f=pixel_noise / (fine_f * 2.0 * np.sqrt(np.pi) * sigma_f))
+                               noise_f=pixel_noise / (fine_f * 2.0 * np.sqrt(np.pi) * sigma_f),
+                               frame_edges=(y0 == 0, y1 == cny, x0 == 0, x1 == cnx))
         pieces.append((fsl, lab))
     nid = next_id - 1
     # min area, then labels 1..n in raster order of each cell's first pixel
@@ -620,13 +659,17 @@ def segment_cells(frame: np.ndarray, *, pixel_size_um: float, config: CellConfig
 
 def _refine(fine_raw: np.ndarray, bg: np.ndarray, coarse: np.ndarray, grown: np.ndarray,
             level: np.ndarray, sigma_f: float, ratio: int, fpx: float, config: CellConfig,
-            marker: str, next_id: int, noise_f: float = 0.0) -> tuple[np.ndarray, int]:
+            marker: str, next_id: int, noise_f: float = 0.0,
+            frame_edges: tuple[bool, bool, bool, bool] = (False, False, False, False),
+            ) -> tuple[np.ndarray, int]:
     """Edges of one group of cells on the fine grid (arrays cropped around the group).
 
     ``fine_raw``: block means on the fine grid; ``bg``, ``coarse``, ``grown``: the linear
     background, the coarse labels and the same grown by 2 coarse pixels (coarse grid);
     ``level``: each cell's interior level above background (indexed by label - 1);
-    ``noise_f``: the noise sigma of the fine image after smoothing by ``sigma_f``. Returns
+    ``noise_f``: the noise sigma of the fine image after smoothing by ``sigma_f``;
+    ``frame_edges``: which sides of the crop (top, bottom, left, right) are the frame's
+    edges, beyond which a cell that reaches them continues. Returns
     the fine-grid labels (the ids of ``coarse``; a cell that the fine grid finds in two
     cell-sized pieces gets ids from ``next_id`` on for the extra pieces) and the next
     unused id.
@@ -647,7 +690,26 @@ def _refine(fine_raw: np.ndarray, bg: np.ndarray, coarse: np.ndarray, grown: np.
     mask = (fdiff > thr[lab_f]) & (lab_f > 0)
     mask |= _noisy_interior(fdiff, lab_f, thr, np.maximum(np.maximum(level, rim), 0), noise_f,
                             max(1, int(round(_INTERIOR_INSET_UM / fpx))))
-    mask = _fill_holes(mask)
+    filled = _fill_holes(mask)
+    # a cell cut by the frame edge continues beyond it: where its candidate region reaches
+    # the frame edge, the edge closes the cell's outline (else a membrane stain's interior,
+    # below the edge threshold, is open to the outside there and is not filled). What only
+    # that closure encloses is filled if it is the cell's interior: its median at least
+    # _CUT_INTERIOR_FRACTION of the cell's interior level (a fan of fibers behind a cell that
+    # runs out of the frame also encloses gaps with the frame's edge, but they are background)
+    wall = _frame_wall(lab_f, frame_edges)
+    if wall is not None:
+        extra = _fill_holes(mask, closed=wall) & ~filled
+        if extra.any():
+            comp, nc = ndi.label(extra)
+            idx = np.arange(1, nc + 1)
+            owner = np.asarray(ndi.maximum(lab_f, comp, idx), dtype=np.int64)
+            med = _label_percentile(fdiff, comp, nc, 50.0)
+            lev = np.where(owner > 0, level[np.maximum(owner, 1) - 1], np.inf)
+            ok = np.zeros(nc + 1, dtype=bool)
+            ok[1:] = med >= _CUT_INTERIOR_FRACTION * lev
+            filled |= ok[comp]
+    mask = filled
     # cut attachments narrower than 2 open_radius_um (fans of fibers and migrasomes behind
     # a cell; cell bodies are 15-40 µm wide: a disk of that radius fits anywhere in a
     # cell), on the coarse grid (cheap for a disk this size); the opened mask, grown by one
@@ -657,13 +719,17 @@ def _refine(fine_raw: np.ndarray, bg: np.ndarray, coarse: np.ndarray, grown: np.
     if r_open >= 0.5:
         cmask = block_mean(mask.astype(np.float32), ratio) >= 0.5 if ratio > 1 else mask
         r = max(1, int(round(r_open)))  # an octagon of this radius, close to a disk
-        cmask = _dilate(_erode(cmask, r, alternate=True), r, alternate=True)
+        # mirrored across the frame's edges: a cell cut by the frame is as wide as its
+        # part in view and its mirror image (not cut where it is less than 2 r deep in view)
+        cmask = _framed(lambda m: _dilate(_erode(m, r, alternate=True), r, alternate=True),
+                        cmask, r, frame_edges)
         relabel, next_id = _split_pieces(cmask, grown, fpx * ratio, config, next_id)
         cmask = _dilate(cmask, square=True)
         mask &= upsample(cmask, ratio, fshape, order=0)
     lab_f = np.where(mask, lab_f, 0)
     if marker == "wga":
-        lab_f = _to_rim_crest(lab_f, fdiff, int(np.ceil(_RIM_SEARCH_UM / fpx)))
+        lab_f = _to_rim_crest(lab_f, fdiff, int(np.ceil(_RIM_SEARCH_UM / fpx)),
+                              frame_edges=frame_edges)
         mask = lab_f > 0
     # keep, per cell, only pixels connected to its coarse core (drops nearby debris)
     comp, nc = ndi.label(mask)
@@ -685,12 +751,13 @@ def _refine(fine_raw: np.ndarray, bg: np.ndarray, coarse: np.ndarray, grown: np.
     # (a core min_half_width_um deep, min_area_um2), and notches or holes narrower than
     # _SHAPE_SMOOTH_UM (noise in the edge) do not count as a neck
     if config.split_touching:
-        lab_f, next_id = _split_placed(lab_f, fpx, config, next_id)
+        lab_f, next_id = _split_placed(lab_f, fpx, config, next_id, frame_edges)
     return lab_f, next_id
 
 
-def _split_placed(lab_f: np.ndarray, fpx: float, config: CellConfig,
-                  next_id: int) -> tuple[np.ndarray, int]:
+def _split_placed(lab_f: np.ndarray, fpx: float, config: CellConfig, next_id: int,
+                  frame_edges: tuple[bool, bool, bool, bool] = (False, False, False, False),
+                  ) -> tuple[np.ndarray, int]:
     """:func:`_split` of the fine-grid labels ``lab_f`` (pixel ``fpx`` µm); split-off pieces
     get ids from ``next_id`` on. Returns the labels and the next unused id.
 
@@ -706,7 +773,7 @@ def _split_placed(lab_f: np.ndarray, fpx: float, config: CellConfig,
     split = _split(half, next_id - 1, config.min_cell_distance_um / hpx,
                    config.edge_split_depth_um / hpx, config.min_area_um2 / (hpx * hpx),
                    min_core_px=config.min_half_width_um / hpx,
-                   smooth_px=_SHAPE_SMOOTH_UM / hpx)
+                   smooth_px=_SHAPE_SMOOTH_UM / hpx, frame_edges=frame_edges)
     changed = split != half
     if not changed.any():
         return lab_f, next_id
@@ -726,6 +793,11 @@ def _split_placed(lab_f: np.ndarray, fpx: float, config: CellConfig,
     return np.where(ok, up, np.where(fix, grown, lab_f)).astype(lab_f.dtype), next_id
 
 
+#: A region that only the frame's edge closes (see :func:`_refine`) is a cut cell's interior
+#: if its median is at least this fraction of the cell's interior level: half height, where
+#: a blurred object's edge lies (on tuning seeds: cut interiors 0.65-0.95, the gaps of fiber
+#: fans running out of the frame 0.05-0.48).
+_CUT_INTERIOR_FRACTION = 0.5
 #: Grid of the split on the placed edges (µm): necks of a µm or more are measured on it.
 _SPLIT_GRID_UM = 0.6
 #: Notches and holes of a placed outline narrower than this (µm) are noise in the edge, not
@@ -829,18 +901,66 @@ def _split_pieces(opened: np.ndarray, grown: np.ndarray, cpx: float, config: Cel
 _RIM_SEARCH_UM = 2.0
 
 
-def _to_rim_crest(labels: np.ndarray, image: np.ndarray, n: int) -> np.ndarray:
+def _framed(op, mask: np.ndarray, width: int,
+            frame_edges: tuple[bool, bool, bool, bool]) -> np.ndarray:
+    """``op(mask)`` with ``mask`` mirrored by ``width`` pixels across the sides (top, bottom,
+    left, right) that are the frame's edges, cropped back: a cell cut by the frame is not
+    eroded from the frame's edge, which is not its own."""
+    if not any(frame_edges) or width <= 0:
+        return op(mask)
+    w = [min(width, n) for n in mask.shape]
+    pad = ((w[0] * frame_edges[0], w[0] * frame_edges[1]),
+           (w[1] * frame_edges[2], w[1] * frame_edges[3]))
+    out = op(np.pad(mask, pad, mode="symmetric"))
+    return out[pad[0][0]:pad[0][0] + mask.shape[0], pad[1][0]:pad[1][0] + mask.shape[1]]
+
+
+def _frame_wall(labels: np.ndarray, frame_edges: tuple[bool, bool, bool, bool]
+                ) -> np.ndarray | None:
+    """Where the frame's edge closes a cell's outline (for :func:`_fill_holes`): on each side
+    (top, bottom, left, right) that is the frame's edge, the border pixels from the first to
+    the last pixel of each cell of ``labels`` (candidate regions) there. A cell cut by the
+    frame meets its edge in one stretch; gaps in its candidate region along it are noise in
+    the coarse detection, through which the interior would leak. None when no side is the
+    frame's edge."""
+    if not any(frame_edges):
+        return None
+    wall = np.zeros(labels.shape, dtype=bool)
+    for side, sl in zip(frame_edges, ((0, slice(None)), (-1, slice(None)),
+                                      (slice(None), 0), (slice(None), -1))):
+        if not side:
+            continue
+        line = labels[sl]
+        closed = wall[sl]  # a view
+        for i in np.unique(line[line > 0]):
+            at = np.flatnonzero(line == i)
+            closed[at[0]:at[-1] + 1] = True
+    return wall
+
+
+def _to_rim_crest(labels: np.ndarray, image: np.ndarray, n: int,
+                  frame_edges: tuple[bool, bool, bool, bool] = (False, False, False, False),
+                  ) -> np.ndarray:
     """Move each cell's edge in to the crest of its bright membrane rim.
 
     A threshold below the rim's peak places the edge on the rim's outer flank, outside the
     membrane. Per cell, the mean of ``image`` over the pixels at each distance 1..``n``
     (pixels) from the edge gives the rim's profile; pixels closer to the edge than its
     maximum (the crest, where the membrane is) are removed. A cell whose profile has no
-    maximum before ``n`` (no rim) is left as it is.
+    maximum before ``n`` (no rim) is left as it is. On the sides in ``frame_edges`` (top,
+    bottom, left, right) the frame's edge is not the cell's: the cell, cut by the frame,
+    continues beyond it (taken as its last row or column repeated), so no strip along the
+    frame edge is removed.
     """
     cells = labels > 0
     if not cells.any() or n < 2:
         return labels
+    if any(frame_edges):
+        w = n + 2  # distances up to n + 1 are measured
+        pad = ((w * frame_edges[0], w * frame_edges[1]), (w * frame_edges[2], w * frame_edges[3]))
+        ny, nx = labels.shape
+        out = _to_rim_crest(np.pad(labels, pad, mode="edge"), np.pad(image, pad, mode="edge"), n)
+        return out[pad[0][0]:pad[0][0] + ny, pad[1][0]:pad[1][0] + nx]
     # distance from the edge, up to n + 1, by successive erosions alternating a square and a
     # cross (an octagonal distance within a few % of the Euclidean one; a full distance
     # transform of the frame costs several times more, and only the outer n + 1 layers count)
