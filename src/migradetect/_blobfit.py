@@ -469,8 +469,7 @@ def line_excess(circle: np.ndarray, centre: np.ndarray, noise: np.ndarray,
         width = np.where(full, a, n_f + n_b - 1)
         ok = width <= max_width[si]
         si, sk = si[ok], sk[ok]
-    if rings is not None and si.size:
-        v = v.copy()
+    if rings is not None and si.size:  # v is this call's own array
         v[si, sk] *= _spoke_through_centre(rings, si, sk)
     n_spokes = np.bincount(si, minlength=n)
     one = n_spokes == 1  # a single spoke (a tip) counts its full height

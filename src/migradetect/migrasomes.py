@@ -342,14 +342,14 @@ def detect_migrasomes(
         width = math.sqrt(lev.sigma**2 + psf_px**2)
         rc = radius[sel] + 3.0 * width
         ly, lx = (cy[sel] - lev.o) / lev.f, (cx[sel] - lev.o) / lev.f
-        rings = sample_polar(lev.g, ly, lx, np.stack([rc, rc + 2.0 * width], axis=1) / lev.f)
+        ring_radii = np.stack([rc, rc + 2.0 * width], axis=1) / lev.f
+        rings = sample_polar(lev.g, ly, lx, ring_radii)
         explained = _explained_by_neighbours(sel, cy, cx, radius, rc, pairs, 2.5 * width,
                                              rings.shape[2])
         # beyond the image border there is no data: a sample there repeats the edge pixel
         # (often the candidate's own light, seen as a bright spoke); it joins no spoke and
         # no base, as a neighbour's samples do
-        explained |= _outside_circles(ly, lx, np.stack([rc, rc + 2.0 * width], axis=1) / lev.f,
-                                      lev.g.shape, rings.shape[2])
+        explained |= _outside_circles(ly, lx, ring_radii, lev.g.shape, rings.shape[2])
         # a fiber crosses both circles in (about) the same direction, a neighbouring vesicle
         # only the inner one: keep what is on both
         outer = rings[:, 1, :]
@@ -470,7 +470,7 @@ def _merge_rim_pieces(img: np.ndarray, sel: np.ndarray, cy: np.ndarray, cx: np.n
                       RIM_SHARE * np.minimum(fit["peak"][a], fit["peak"][b]))
     circ = 0.5 * d[:, None] + psf_px * np.array([0.0, 0.7, 1.4])[None, :]
     seen = median_last(sample_polar(img, ry, rx, circ)).max(axis=1) - base >= need
-    a, b, d, ry, rx = a[seen], b[seen], d[seen], ry[seen], rx[seen]
+    a, b, d, ry, rx, need = a[seen], b[seen], d[seen], ry[seen], rx[seen], need[seen]
     if a.size == 0:
         return sel
     # one profile window for all (one fit group: the fit's cost is mostly per group)
@@ -491,10 +491,7 @@ def _merge_rim_pieces(img: np.ndarray, sel: np.ndarray, cy: np.ndarray, cx: np.n
     # circle through them; the median ignores them), with the significance any detection
     # needs; and each piece is smaller than the ring: a ring as large as one of the two is
     # that object itself, and the other its touching neighbour
-    nzr = 0.5 * (nz[a] + nz[b])
-    ok = (on_rim & (ring["amplitude"] > 0) & (rr <= max_r)
-          & (ring["peak"] >= np.maximum(min_snr * nzr,
-                                        RIM_SHARE * np.minimum(fit["peak"][a], fit["peak"][b])))
+    ok = (on_rim & (ring["amplitude"] > 0) & (rr <= max_r) & (ring["peak"] >= need)
           & (np.maximum(radius[a], radius[b]) < 0.85 * rr))
     alive = np.zeros(len(cy), bool)
     alive[sel] = True
@@ -556,11 +553,9 @@ def _on_outline(labels: np.ndarray, cy: np.ndarray, cx: np.ndarray, reach: float
     against a full-frame morphology.
     """
     out = np.zeros(len(cy), bool)
-    ny, nx = labels.shape
     for ang in np.arange(8) * (np.pi / 4):
-        iy = np.clip(np.rint(cy + reach * np.sin(ang)).astype(int), 0, ny - 1)
-        ix = np.clip(np.rint(cx + reach * np.cos(ang)).astype(int), 0, nx - 1)
-        out |= labels[iy, ix] > 0
+        out |= _lookup(labels, cy + reach * np.sin(ang), cx + reach * np.cos(ang),
+                       labels.shape, 1) > 0
     return out
 
 

@@ -69,7 +69,6 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -124,10 +123,14 @@ class _PixelBudget:
         self._used = 0
         self._cond = threading.Condition()
 
+    def takes_turns(self, pixels: int) -> bool:
+        """Whether a frame of ``pixels`` is large: more than half the limit."""
+        return 2 * int(pixels) > self.limit
+
     @contextmanager
     def hold(self, pixels: int) -> Iterator[None]:
         pixels = int(pixels)
-        large = 2 * pixels > self.limit
+        large = self.takes_turns(pixels)
         if large:
             release_free_memory()
         with self._cond:
@@ -147,7 +150,7 @@ class _PixelBudget:
 _DETECTION_GATE = _PixelBudget(DETECTION_PIXEL_BUDGET)
 
 
-@lru_cache(maxsize=1)
+@functools.lru_cache(maxsize=1)
 def _malloc_trim() -> Any:
     """glibc's ``malloc_trim`` (None elsewhere: macOS and Windows return freed memory
     themselves)."""
@@ -351,7 +354,7 @@ def _frame_task(
                                       pixel_size_um=pixel_size_um, config=config.drift)
     result = (t, out.detections, out.fibers, out.stats, (frame.copy() if keep_image else None),
               product)
-    large = 2 * frame.size > _DETECTION_GATE.limit  # a frame that takes turns in detection
+    large = _DETECTION_GATE.takes_turns(frame.size)  # a frame that takes turns in detection
     del out, frame, cell_frame
     if large:  # this frame's freed work arrays, before the thread takes the next frame
         release_free_memory()  # (smaller frames reuse them: trimming cost them 2-3 % CPU)
