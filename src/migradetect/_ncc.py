@@ -5,9 +5,9 @@ masked correlation from the coarse peak: a handful of shifts per pair, each a su
 every overlapping pixel of the pair's products. With numpy every shift makes seven
 full-size temporaries (masked copies, products, squares); here one compiled pass per shift
 accumulates the seven sums directly, which is several times cheaper. Written by hand because
-no library evaluates a *masked* correlation at chosen shifts (``skimage``'s
-``cross_correlate_masked`` computes every shift at once by FFT, which the coarse search
-already uses, but is wasteful for a 3 x 3 neighbourhood at full resolution).
+no library evaluates a *masked* correlation at chosen shifts (an FFT computes every shift
+at once: :func:`masked_ncc_map` does that for the coarse search, within its search radius,
+but it is wasteful for a 3 x 3 neighbourhood at full resolution).
 """
 
 from __future__ import annotations

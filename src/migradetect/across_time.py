@@ -43,7 +43,7 @@ def _pair_task(prev: np.ndarray, cur: np.ndarray, cells: Any, t: int, pixel_size
     prev = preprocess.finite_frame(np.asarray(prev), t - 1)
     cur = preprocess.finite_frame(np.asarray(cur), t)
     if np.ptp(prev) == 0 or np.ptp(cur) == 0:
-        return 0.0, 0.0, 0.0  # a blank frame has nothing to register: no shift, no quality
+        return 0.0, 0.0, math.nan  # a blank frame has nothing to register: no pair
     return drift_mod.register_pair(prev, cur,
                                    np.asarray(cells[t - 1]), np.asarray(cells[t]),
                                    pixel_size_um=pixel_size_um, config=config)

@@ -801,9 +801,9 @@ def _bridges(i: np.ndarray, j: np.ndarray, n: int) -> np.ndarray:
     adj = sparse.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])),
                             shape=(n, n)).tocsr()
     adj = (adj + adj.T).tocsr()
-    n_comp = connected_components(adj, directed=False)[0]
+    n_comp, comp = connected_components(adj, directed=False)
     tree = sparse.csr_matrix((n, n))
-    for root in np.unique(connected_components(adj, directed=False)[1], return_index=True)[1]:
+    for root in np.unique(comp, return_index=True)[1]:
         tree = tree + breadth_first_tree(adj, int(root), directed=False)
     tu, tv = sparse.triu(tree + tree.T).nonzero()
     for a, b in zip(tu, tv, strict=True):

@@ -152,13 +152,8 @@ def _grouped_moving_median(d: np.ndarray, group: np.ndarray, window: int) -> np.
     inside = (idx >= 0) & (idx < n)
     idx = np.clip(idx, 0, n - 1)
     inside &= group[idx] == group[:, None]
-    s = np.nanmedian(np.where(inside, d[idx], np.nan), axis=1)
-    # a group of one value: _moving_median returns it as it is
-    single = np.ones(n, dtype=bool)
-    single[1:] &= group[1:] != group[:-1]
-    single[:-1] &= group[:-1] != group[1:]
-    s[single] = d[single]
-    return s
+    # (a group of one value: its window holds it alone, and the median is that value)
+    return np.nanmedian(np.where(inside, d[idx], np.nan), axis=1)
 
 
 def _nanmedian(v: np.ndarray) -> float:
@@ -169,10 +164,11 @@ def _nanmedian(v: np.ndarray) -> float:
 def _one_track(
     frames: np.ndarray, d: np.ndarray, yx_um: tuple[np.ndarray | None, np.ndarray | None],
     intensity: np.ndarray | None, dt: float, n_frames: int, config: GrowthConfig,
-    smoothed: np.ndarray | None = None,
+    smoothed: np.ndarray,
 ) -> dict:
     """One track's row; its arrays sorted by frame (``yx_um``: µm positions or None).
-    ``smoothed``: the moving median of its finite diameters, when already computed."""
+    ``smoothed``: the moving median of its finite diameters (:func:`_grouped_moving_median`
+    computes it for all tracks at once)."""
     first, last = int(frames[0]), int(frames[-1])
     n = len(frames)
     row: dict = {
@@ -197,7 +193,7 @@ def _one_track(
     row["growing_at_end"] = False
     if n_frames <= 1 or len(d) == 0:
         return row
-    s = _moving_median(d, config.smoothing_frames) if smoothed is None else smoothed
+    s = smoothed
     d_max = float(s.max())
     level = config.plateau_fraction * d_max
     i90 = int(np.argmax(s >= level))
