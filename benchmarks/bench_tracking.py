@@ -30,6 +30,13 @@ first simulator seed: tune on seeds 0-99 (a tuning run writes no results file, e
 its ``--keep`` folder), measure on seeds >= 1000 (the default). ``--keep DIR`` keeps the
 movies and result folders.
 
+``--reassign DIR`` re-runs only the assignment step (``across_time.assign`` with the current
+code and each preset's config) on the result folders an earlier ``--e2e --keep DIR`` run left,
+rewrites their ``tracks.csv`` / ``migrasomes.csv`` cell ids, and scores them as ``--e2e`` does
+(assignment rows and ``--breakdown``): seconds per movie instead of minutes, the movies,
+detections, cell tracks and fibers held fixed, so a change of the assignment alone is
+measured.
+
 Run: ``python benchmarks/bench_tracking.py [--seeds 2] [--size 384] [--frames 60] [--e2e]``;
 prints a table and writes ``benchmarks/results/tracking.json`` (``tracking_e2e.json``).
 """
@@ -381,6 +388,68 @@ def count_breakdown(folder: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
+def reassign_folder(folder: Path) -> None:
+    """Re-run the assignment on one kept end-to-end folder (``result/`` rewritten in place)."""
+    import zarr
+
+    from migradetect import across_time
+    from migradetect.config import load_config
+
+    result = folder / "result"
+    preset = folder.name.rsplit("_", 4)[0]
+    manifest = json.loads((result / "manifest.json").read_text())
+    px = float(manifest["movie"]["pixel_size_um"])
+    mig = pd.read_csv(result / "migrasomes.csv")
+    group = zarr.open_group(str(result / "labels.zarr"), mode="r")
+    table = across_time.assign(mig, pd.read_csv(result / "fibers.csv"),
+                               pd.read_csv(result / "cell_frames.csv"), group,
+                               pd.read_csv(result / "drift.csv"), pixel_size_um=px,
+                               config=load_config(preset))
+    cell = dict(zip(table["track_id"], table["cell_id"], strict=True))
+    reason = dict(zip(table["track_id"], table["assign_reason"], strict=True))
+    tracks = pd.read_csv(result / "tracks.csv")
+    tracks["cell_id"] = tracks["track_id"].map(cell).fillna(-1).astype("int64")
+    tracks["assign_reason"] = tracks["track_id"].map(reason).fillna("ambiguous")
+    tracks.to_csv(result / "tracks.csv", index=False)
+    mig["cell_id"] = mig["track_id"].map(cell).fillna(-1).astype("int64")
+    mig.to_csv(result / "migrasomes.csv", index=False)
+
+
+def main_reassign(args) -> None:
+    """``--reassign DIR``: the assignment alone, re-run and scored on kept folders."""
+    rows, breakdowns = [], []
+    folders = sorted(f for f in Path(args.reassign).iterdir()
+                     if (f / "result" / "manifest.json").is_file() and (f / "truth").is_dir())
+    for folder in folders:
+        preset, seed, crowded, drift, snr = folder.name.rsplit("_", 4)
+        c0 = time.process_time()
+        reassign_folder(folder)
+        cpu = time.process_time() - c0
+        table = evaluate.evaluate_dirs(folder, folder / "result")
+        values = dict(zip(table["metric"], table["value"], strict=True))
+        row = {"preset": preset, "seed": int(seed), "snr": snr, "crowded": crowded == "1",
+               "drift": drift == "1", "assign_cpu_s": cpu}
+        row.update({short: values.get(name, float("nan")) for name, short in E2E_METRICS.items()
+                    if name.startswith("assignment.")})
+        rows.append(row)
+        b = count_breakdown(folder).assign(preset=preset, seed=int(seed))
+        if args.breakdown:
+            print(folder.name)
+            print(b.round(2).to_string(index=False), flush=True)
+        breakdowns.append(b)
+    pd.set_option("display.width", 250)
+    df = pd.DataFrame(rows)
+    print(df.round(3).to_string(index=False))
+    b = pd.concat(breakdowns, ignore_index=True)
+    tot = b.groupby(["preset", "seed"])[["n_true", "n_pred", *CAUSES]].sum()
+    tot["cells"] = b.groupby(["preset", "seed"]).size()
+    tot["exact"] = b.groupby(["preset", "seed"])["err"].apply(lambda e: (e == 0).sum())
+    tot["abs_err"] = b.groupby(["preset", "seed"])["err"].apply(lambda e: e.abs().sum())
+    print("count breakdown (sums over true cells with migrasomes):")
+    print(tot.to_string())
+    print(tot.sum().to_string())
+
+
 def main_e2e(args) -> None:
     import tempfile
 
@@ -461,8 +530,14 @@ def main() -> None:
     p.add_argument("--snrs", default="high",
                    help="end-to-end: simulator SNR presets to run, comma-separated "
                         "(high,medium,low); seeds continue from 1000 across them")
+    p.add_argument("--reassign", default="",
+                   help="re-run only the assignment on the folders an earlier --e2e --keep "
+                        "DIR run left in DIR (rewriting their result tables) and score them")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.reassign:
+        main_reassign(args)
+        return
     if args.e2e:
         main_e2e(args)
         return

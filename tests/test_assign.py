@@ -200,10 +200,12 @@ def test_cell_seen_in_one_frame_gets_no_migrasome():
     for geodesic in (False, True):
         out = _run(mig, fibers_tab, fib, cells, cf, fiber_geodesic=geodesic)
         assert (out.cell_id[0], out.assign_reason[0]) == (3, "rear_path")
-        # counting one-frame cells as cells, the blob takes it (by its fiber) or makes it
-        # ambiguous (the geodesic walk finds no fiber outside the blob near the migrasome)
-        out = _run(mig, fibers_tab, fib, cells, cf, fiber_geodesic=geodesic, min_cell_frames=1)
-        assert out.cell_id[0] == (-1 if geodesic else 5)
+        # counting one-frame cells as cells, with a cover vote weaker than the three fiber
+        # votes, the blob takes it by its fiber; the geodesic walk finds no fiber outside
+        # the blob near the migrasome, and cell 3's four frames of cover outvote the blob's one
+        out = _run(mig, fibers_tab, fib, cells, cf, fiber_geodesic=geodesic, min_cell_frames=1,
+                   cover_weight=2.0)
+        assert out.cell_id[0] == (3 if geodesic else 5)
     # a movie of two frames: a cell seen in both is not transient
     two = _run(_mig(0, 40.0, 58.0, [1]), None, None, cells[4:6],
                cf[cf.frame.isin([4, 5])].assign(frame=lambda d: d.frame - 4),
@@ -245,3 +247,28 @@ def test_vectorised_lookups_equal_the_per_point_definitions():
 def _disk_shape(shape, cy, cx, r):
     yy, xx = np.ogrid[: shape[0], : shape[1]]
     return (yy - cy) ** 2 + (xx - cx) ** 2 <= r**2
+
+
+def test_cover_over_frames_outweighs_a_neighbour_label_on_the_tail():
+    # cell 3 moves right along y = 40 and its body covers the place (x = 40) in frames 0-5;
+    # in frames 5-6 the segmentation gives the piece of its tail over the place to cell 4 (a
+    # neighbour sitting at x = 62). The migrasome is first seen at frame 6: the neighbour
+    # covered the place most recently, but cell 3's body covered it over six frames
+    cells, cf = _cells({3: [(40, 30 + 4 * t) for t in range(T)],
+                        4: [(40, 66) for _ in range(T)]})
+    for t in (5, 6):
+        cells[t][_disk(40, 40, 3)] = 4
+    mig = _mig(0, 40.0, 40.0, range(6, 8))
+    out = _run(mig, None, None, cells, cf)
+    assert (out.cell_id[0], out.assign_reason[0]) == (3, "rear_path")
+    # a fiber of the neighbour under the migrasome in its two frames does not overrule it
+    fib = np.zeros((T, *SHAPE), np.int32)
+    fib[6:, 40, 41:56] = 8
+    fibers_tab = pd.DataFrame({"frame": range(T), "fiber_id": 8, "cell_id": 4})
+    out = _run(mig, fibers_tab, fib, cells, cf)
+    assert (out.cell_id[0], out.assign_reason[0]) == (3, "rear_path")
+    # two cells with edges 0.5 µm either side of the place in every frame, no fiber: the
+    # same evidence for both, ambiguous
+    both, cf2 = _cells({1: [(40, 31) for _ in range(T)], 2: [(40, 49) for _ in range(T)]})
+    out = _run(_mig(0, 40.0, 40.0, range(6, 8)), None, None, both, cf2)
+    assert out.assign_reason[0] == "ambiguous" and out.cell_id[0] == -1

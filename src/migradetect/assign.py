@@ -16,18 +16,22 @@ One row per ``track_id`` of ``migrasomes``; ``cell_id`` is -1 when unassigned, a
    label, outside the cells, to a skeleton pixel within ``attach_distance_um`` of a cell (a
    skeleton component often holds several crossing fibers and touches several cells);
    otherwise it is the ``fibers`` table's cell of the whole fiber (``frame, fiber_id,
-   cell_id``; the fiber label image holds ``fiber_id`` values). The cell whose mask came
-   within ``cover_distance_um`` of the place most recently up to the birth (the producing
-   cell's body was there before it moved on and left the migrasome behind its rear) adds
-   ``cover_weight`` votes (default 4: about as much as the fiber votes of the whole window;
-   in crowded scenes fibers of neighbours cross the place, the rear that left it is the
-   stronger evidence). The most voted cell wins (reason ``rear_path`` if only the cover
-   vote backs it). Voting over frames keeps one frame where the producing cell was missed or
-   merged with its neighbour (which then owns the fiber) from deciding. Without any vote in
-   that window, the frames before are searched backwards (up to ``rear_lookback_frames``)
-   for the nearest fiber at that place still attached to a cell: a small migrasome is
-   detected only after it has grown, and its fiber may have broken in between.
-2. ``rear_path``: otherwise (the fiber has already broken, or no fiber is seen), the cells
+   cell_id``; the fiber label image holds ``fiber_id`` values). Without any vote in that
+   window, the frames before are searched backwards (up to ``rear_lookback_frames``) for the
+   nearest fiber at that place still attached to a cell: a small migrasome is detected only
+   after it has grown, and its fiber may have broken in between. Cover vote: the cells whose
+   masks came within ``cover_distance_um`` of the place in the ``rear_lookback_frames``
+   frames up to the birth share ``cover_weight`` votes (default 8, more than the fiber votes
+   of the whole window) in proportion to the number of frames each covered it. The producing
+   cell's body passed over the adhesion it laid down, from its front reaching the place to
+   its rear leaving it (the cell's length over its speed: many frames), then moved on and
+   left the migrasome behind its rear; a neighbour's edge, or a piece of the producing
+   cell's tail that the segmentation gave to a neighbour, covers the place a few frames only,
+   and in crowded scenes fibers of neighbours cross the place. The most voted cell wins
+   (reason ``rear_path`` if only cover votes back it; ``ambiguous`` when two cells have the
+   same votes). Voting over frames keeps one frame where the producing cell was missed or
+   merged with its neighbour (which then owns the fiber, or the place) from deciding.
+2. ``rear_path``: otherwise (no fiber and no cell body over the place), the cells
    seen over the ``rear_lookback_frames`` frames up to the birth are scored by their smallest
    distance from the migrasome to the cell mask, counting only frames where the migrasome is
    at the cell's rear: inside the cell, or behind its centroid with respect to its direction of
@@ -105,11 +109,13 @@ class AssignConfig:
              "birth_frames frames of the track, for the cell the migrasome sits on",
     )
     cover_weight: float = param(
-        4.0, min=0.0, max=100.0,
-        help="votes (in frames of fiber attachment) given to the cell whose body covered the "
-             "migrasome's place most recently before its birth (the adhesion is laid down "
-             "under the rear of the cell that makes it): about the whole fiber vote window, "
-             "so only a near-unanimous fiber vote for another cell overrules it",
+        8.0, min=0.0, max=100.0,
+        help="votes (in frames of fiber attachment) shared among the cells whose bodies "
+             "covered the migrasome's place in the look-back window, in proportion to the "
+             "frames each covered it (the producing cell's body passes over the adhesion it "
+             "lays down; a neighbour's edge or a piece of tail given to the neighbour covers "
+             "it a few frames): more than the whole fiber vote window, so the fibers decide "
+             "only where the cover is split or missing",
     )
     fiber_geodesic: bool = param(
         True,
@@ -564,14 +570,15 @@ def _fiber_cell(lab: np.ndarray, f: int, p: np.ndarray, fiber_cell: dict, radius
     return fiber_cell.get((f, int(fiber_id)), -1), d
 
 
-def _last_cover(cells_near, birth: int, n_t: int, radius_px: float, lookback: int):
-    """(cell_id, frame) of the cell whose mask came within ``radius_px`` of the place most
-    recently at or before ``birth`` (searching ``lookback`` frames back), else None."""
+def _cover_frames(cells_near, birth: int, n_t: int, radius_px: float,
+                  lookback: int) -> dict[int, int]:
+    """Per cell, the number of frames from ``birth - lookback`` to ``birth`` in which its mask
+    came within ``radius_px`` of the place (its body covered the place)."""
+    out: dict[int, int] = {}
     for f in range(min(birth, n_t - 1), max(-1, birth - 1 - lookback), -1):
-        near = cells_near(f, radius_px)
-        if near:
-            return min(near.items(), key=lambda kv: (kv[1], kv[0]))[0], f
-    return None
+        for c in cells_near(f, radius_px):
+            out[c] = out.get(c, 0) + 1
+    return out
 
 
 def _assign_one(tid, birth, head_frames, pc, at, fiber_at, cells_near, n_t, motion,
@@ -607,15 +614,25 @@ def _assign_one(tid, birth, head_frames, pc, at, fiber_at, cells_near, n_t, moti
                 if hit is not None and hit[0] >= 0:
                     return tid, hit[0], "fiber_at_birth", hit[1] * pixel_size_um
     # Cover vote. A migrasome is left behind the rear of the cell that made it: that cell's
-    # body was over the place shortly before the birth, then moved on.
-    if votes and cells_near is not None and config.cover_weight > 0:
-        cover = _last_cover(cells_near, birth, n_t, config.cover_distance_um / pixel_size_um,
-                            config.rear_lookback_frames)
-        if cover is not None:
-            votes[cover[0]] = votes.get(cover[0], 0.0) + config.cover_weight
+    # body was over the place before the birth (from its front reaching the place to its rear
+    # leaving it: the cell's length over its speed, many frames), then moved on. A
+    # neighbour's edge, or a piece of the producing cell's tail that the segmentation gave to
+    # the neighbour, covers it a few frames only; so the cover_weight votes are shared in
+    # proportion to the frames each cell covered the place in the look-back window (the most
+    # recent cover alone picked the neighbour in most wrong assignments of crowded scenes).
+    # The cover votes also decide when no fiber voted (the fiber had broken, or was missed).
+    if cells_near is not None and config.cover_weight > 0:
+        cover = _cover_frames(cells_near, birth, n_t, config.cover_distance_um / pixel_size_um,
+                              config.rear_lookback_frames)
+        total = sum(cover.values())
+        for c, n in cover.items():
+            votes[c] = votes.get(c, 0.0) + config.cover_weight * n / total
     if votes:
         ranked = sorted(votes.items(), key=lambda kv: (-kv[1], dist.get(kv[0], math.inf)))
         cid = ranked[0][0]
+        if len(ranked) > 1 and ranked[1][1] >= ranked[0][1] - 1e-9 and \
+                dist.get(ranked[1][0], math.inf) == dist.get(cid, math.inf):
+            return tid, -1, "ambiguous", math.nan  # two cells with the same evidence
         if cid in dist:
             return tid, cid, "fiber_at_birth", dist[cid] * pixel_size_um
         return tid, cid, "rear_path", 0.0
