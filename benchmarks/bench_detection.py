@@ -1,6 +1,7 @@
 """Benchmark of migrasome detection against the simulator's truth and two references.
 
     python benchmarks/bench_detection.py [--quick] [--seeds 1000,1001] [--out PATH]
+    python benchmarks/bench_detection.py --diagnose [--seeds 0-19] [--presets wga] [--snrs high]
 
 For each marker preset (tspan4_gfp, wga) x SNR (high, medium, low) x scene (sparse,
 crowded), movies are simulated on MEASURING seeds (1000+; the detector was tuned on seeds
@@ -18,6 +19,13 @@ CPU time of detect_migrasomes (raw and background-subtracted frame) and of prepr
 (subtract_background + noise_sigma) per 1024^2 frame (time.process_time, after a warm-up;
 run with OMP_NUM_THREADS=1 for one thread) is measured on one simulated 1024^2 frame per
 preset. Prints a table and writes JSON.
+
+``--diagnose`` (for tuning: use seeds 0-99) classifies every miss by the stage of the
+detector that lost it (no scale-space candidate [at the border], isotropy, DoG response,
+profile fit, line excess, duplicate/merger selection, rim merge, inside-cell rejection)
+and every false detection by what lies under it (near a true migrasome, an intracellular
+punctum, a cell's outline, a fiber, the border), with counts per preset, SNR and scene;
+it reads the detector's intermediate arrays through ``migradetect.migrasomes.TRACE``.
 """
 
 from __future__ import annotations
@@ -187,10 +195,147 @@ def cpu_per_1024(preset: str, seed: int) -> dict[str, float]:
             "preprocess": median_cpu(pre)}
 
 
+def _classify_misses(tv: pd.DataFrame, fn_idx, det: pd.DataFrame, tr: dict, cfg, px: float,
+                     shape: tuple[int, int]) -> list[str]:
+    """The detector stage that lost each missed true migrasome (see the module docstring)."""
+    raw = tr.get("raw", {})
+    ry, rx = raw.get("y", np.empty(0)), raw.get("x", np.empty(0))
+    keep = raw.get("keep", np.empty(0, bool))
+    cy, cx = tr.get("cy", np.empty(0)), tr.get("cx", np.empty(0))
+    out = []
+    for ti in fn_idx:
+        row = tv.loc[ti]
+        y, x = float(row["y_px"]), float(row["x_px"])
+        rad = max(3.0, float(row["diameter_um"]) / 2 / px)
+        near_raw = np.flatnonzero(np.hypot(ry - y, rx - x) <= rad)
+        nk = np.flatnonzero(np.hypot(cy - y, cx - x) <= rad)
+        if near_raw.size == 0:
+            border = min(y, x, shape[0] - 1 - y, shape[1] - 1 - x) < 3
+            cls = "no_candidate_border" if border else "no_candidate"
+        elif not keep[near_raw].any():
+            iso_fail = raw["iso"][near_raw] < cfg.min_isotropy
+            cls = "isotropy" if iso_fail.all() else ("dog_response" if not iso_fail.any()
+                                                      else "isotropy+response")
+        elif nk.size == 0:
+            cls = "centroid_moved"
+        elif not tr["fit_ok"][nk].any():
+            cls = "profile_fit"
+        elif not np.isin(nk, tr["line_ok"]).any():
+            cls = "line_excess"
+        elif not np.isin(nk, tr["selected"]).any():
+            cls = "duplicate_or_merger"
+        elif not np.isin(nk, tr["rim_merged"]).any():
+            cls = "rim_merge"
+        elif (np.hypot(det["y_px"] - y, det["x_px"] - x) <= rad).any():
+            cls = "matched_to_another"
+        else:
+            fin = tr["rim_merged"]
+            hit = (np.hypot(tr["rim_cy"][fin] - y, tr["rim_cx"][fin] - x) <= rad).any()
+            cls = "inside_cell" if hit else "moved_by_rim_merge"
+        out.append(cls)
+    return out
+
+
+def _classify_false(fp: pd.DataFrame, truth_vis: pd.DataFrame, conf: pd.DataFrame,
+                    fibers: np.ndarray, cells: np.ndarray, px: float) -> list[str]:
+    """What lies under each false detection (see the module docstring)."""
+    out = []
+    ny, nx = cells.shape
+    for _, p in fp.iterrows():
+        y, x = float(p["y_px"]), float(p["x_px"])
+        iy, ix = round(y), round(x)
+        if len(truth_vis):
+            d = np.hypot(truth_vis["y_px"] - y, truth_vis["x_px"] - x).to_numpy()
+            rad = np.maximum(3.0, truth_vis["diameter_um"].to_numpy() / 2 / px)
+            near_truth = bool((d <= 2.5 * rad + 2).any())
+        else:
+            near_truth = False
+        if near_truth:
+            cls = "near_true_migrasome"
+        elif len(conf) and (np.hypot(conf["y_px"] - y, conf["x_px"] - x) <= 4).any():
+            cls = "intracellular_punctum"
+        elif (cells[max(iy - 4, 0):iy + 5, max(ix - 4, 0):ix + 5] > 0).any():
+            cls = "cell_outline"
+        elif (fibers[max(iy - 2, 0):iy + 3, max(ix - 2, 0):ix + 3] > 0).any():
+            cls = "fiber"
+        elif min(y, x, ny - 1 - y, nx - 1 - x) < 3:
+            cls = "border"
+        else:
+            cls = "other"
+        out.append(cls)
+    return out
+
+
+def diagnose(presets: list[str], snrs: list[str], seeds: list[int], size: int, n_frames: int,
+             frames: list[int]) -> list[dict]:
+    """Misses and false detections by cause, per preset x SNR x scene (tuning seeds)."""
+    from collections import Counter
+
+    from migradetect import migrasomes
+    from migradetect.evaluate import ignored_predictions, match_detections
+
+    rows = []
+    for preset in presets:
+        conf = load_config(preset)
+        cfg, psf = conf.migrasomes, conf.optics.psf_sigma
+        for snr in snrs:
+            for crowded in (False, True):
+                fn_c, fp_c, tp = Counter(), Counter(), 0
+                for seed in seeds:
+                    sim = simulate(preset=preset, seed=seed, size=size, n_frames=n_frames,
+                                   snr=snr, crowded=crowded)
+                    px, tr_all = sim.pixel_size_um, sim.truth["migrasomes"]
+                    for f in frames:
+                        migrasomes.TRACE = trace = {}
+                        try:
+                            det = detect_migrasomes(sim.image[f, 0], pixel_size_um=px,
+                                                    psf_sigma_um=psf, config=cfg,
+                                                    cell_labels=sim.cell_labels[f],
+                                                    frame_index=f)
+                        finally:
+                            migrasomes.TRACE = None
+                        t = tr_all[tr_all["frame"] == f]
+                        m = match_detections(t, det, pixel_size_um=px)
+                        ign = ignored_predictions(t, det, m, pixel_size_um=px)
+                        vis = t[t["visible"].astype(bool)]
+                        tv = vis[vis["detectable"].astype(bool)]
+                        tp += len(m)
+                        fn_idx = tv.index[~tv.index.isin(m["truth_index"])]
+                        fp = det[~det.index.isin(m["pred_index"]) & ~det.index.isin(ign)]
+                        fn_c.update(_classify_misses(tv, fn_idx, det, trace, cfg, px,
+                                                     sim.image.shape[2:]))
+                        c = sim.truth["confounders"]
+                        fp_c.update(_classify_false(fp, vis, c[c["frame"] == f],
+                                                    sim.fiber_labels[f], sim.cell_labels[f],
+                                                    px))
+                n_fn, n_fp = sum(fn_c.values()), sum(fp_c.values())
+                f1 = 2 * tp / max(2 * tp + n_fn + n_fp, 1)
+                scene = "crowded" if crowded else "sparse"
+                log.info(f"{preset:<11}{snr:<7}{scene:<8} F1 {f1:.3f} tp {tp} "
+                         f"FN {n_fn} {dict(fn_c.most_common())} FP {n_fp} "
+                         f"{dict(fp_c.most_common())}")
+                rows.append({"preset": preset, "snr": snr, "scene": scene, "f1": f1, "tp": tp,
+                             "misses": dict(fn_c), "false": dict(fp_c), "seeds": seeds})
+    return rows
+
+
+def _seed_list(text: str) -> list[int]:
+    """``"0-19"`` or ``"1000,1001"``."""
+    if "-" in text:
+        lo, hi = (int(v) for v in text.split("-"))
+        return list(range(lo, hi + 1))
+    return [int(v) for v in text.split(",")]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="one seed, small frames")
-    ap.add_argument("--seeds", default=None, help="comma-separated seeds (default 1000,1001)")
+    ap.add_argument("--seeds", default=None,
+                    help="seeds: 1000,1001 or a range 0-19 (default 1000,1001; --diagnose 0-19)")
+    ap.add_argument("--diagnose", action="store_true",
+                    help="classify misses and false detections by cause (tuning seeds)")
+    ap.add_argument("--presets", default=",".join(PRESETS), help="with --diagnose")
+    ap.add_argument("--snrs", default=",".join(SNRS), help="with --diagnose")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "detection.json"))
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -198,8 +343,14 @@ def main(argv: list[str] | None = None) -> int:
         seeds, size, n_frames, frames = [1000], 384, 20, [9, 19]
     else:
         seeds, size, n_frames, frames = [1000, 1001], 512, 24, [7, 15, 23]
+    if args.diagnose:  # the quick benchmark's frames, on tuning seeds
+        rows = diagnose(args.presets.split(","), args.snrs.split(","),
+                        _seed_list(args.seeds or "0-19"), 384, 20, [9, 19])
+        if args.out != ap.get_default("out"):
+            Path(args.out).write_text(json.dumps(rows, indent=1), encoding="utf-8")
+        return 0
     if args.seeds:
-        seeds = [int(s) for s in args.seeds.split(",")]
+        seeds = _seed_list(args.seeds)
     rows = []
     header = (f"{'preset':<11}{'snr':<7}{'scene':<8}| {'P':>5} {'R':>5} {'F1':>5} {'dErr':>5} "
               f"{'R(snr>=3)':>9} | {'tp_F1':>5} {'log_F1':>6} | {'ms/fr':>6}")

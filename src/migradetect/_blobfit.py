@@ -26,6 +26,7 @@ cover a small fraction of the angles at each radius.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from functools import lru_cache
 
@@ -46,6 +47,9 @@ N_RADII = 28
 #: neighbouring vesicle, must not pass for a chord beside it). Tuning seeds: 1 lets rim
 #: pieces of large bright vesicles through (TSPAN4 high SNR), 2 keeps the WGA gain.
 LINE_PLACEMENT_SIGMAS = 2.0
+#: Most member vesicles fitted together when a large blob is tested as a cluster
+#: (:func:`select_objects`): the strongest few decide.
+MAX_CLUSTER_PARTS = 6
 
 
 @lru_cache(maxsize=16)
@@ -202,47 +206,88 @@ def weighted_centroid(image: np.ndarray, cy: np.ndarray, cx: np.ndarray, width: 
     image's own pixels (no interpolation, so thin rings are not aliased); shifts from the
     start are limited to ``width`` (a bright neighbour cannot drag the centre far). One
     patch of +-4 window sigmas is gathered per candidate (it holds the +-3 sigma window of
-    every allowed estimate) and the Gaussian is separable, so each iteration is two small
-    matrix products per candidate.
+    every allowed estimate; edge pixels repeated) and the Gaussian is separable, so each
+    iteration is two small matrix-vector products per candidate. Compiled with numba
+    (:func:`_centroid_kernel`, ``nogil``): per candidate the work is a few hundred
+    multiply-adds, where numpy's per-call overhead (holding the GIL) dominated.
     """
     img = np.asarray(image)
-    ny, nx = img.shape
+    if img.dtype != np.float32:
+        img = img.astype(np.float64)
     cy, cx = np.array(cy, dtype=np.float64), np.array(cx, dtype=np.float64)
-    width = np.asarray(width, dtype=np.float64)
-    half_all = np.clip(np.ceil(4.0 * width), 2, 48).astype(int)
-    groups = []
-    for half in np.unique(half_all):  # one group per window size (few groups), in chunks
-        idx = np.flatnonzero(half_all == half)  # of ~32k pixels: small temporaries, reused
-        step = max(1, 32768 // (2 * int(half) + 1) ** 2)
-        groups += [(int(half), idx[i:i + step]) for i in range(0, idx.size, step)]
-    for half, sel in groups:
-        off = np.arange(-half, half + 1)
-        py = np.rint(cy[sel]).astype(np.int64)[:, None] + off[None, :]  # (m, P) pixel rows
-        px = np.rint(cx[sel]).astype(np.int64)[:, None] + off[None, :]
-        v = img[np.clip(py, 0, ny - 1)[:, :, None], np.clip(px, 0, nx - 1)[:, None, :]]
-        v = v.astype(np.float64) - baseline[sel, None, None]  # (m, P, P), edge pixels repeated
-        y0, x0 = cy[sel], cx[sel]
-        y, x = y0.copy(), x0.copy()
-        sw = width[sel][:, None]
-        for _ in range(n_iter):
-            # no clipping: zero-mean noise then adds no bias; the window centred on the
-            # current estimate damps each step, so iterate
-            wy = np.exp(-0.5 * ((py - y[:, None]) / sw) ** 2)
-            wx = np.exp(-0.5 * ((px - x[:, None]) / sw) ** 2)
-            rows = np.einsum("mij,mj->mi", v, wx)  # per row, weighted over columns
-            cols = np.einsum("mij,mi->mj", v, wy)
-            tot = np.einsum("mi,mi->m", rows, wy)
-            ok = tot > 0
-            safe = np.where(ok, tot, 1.0)
-            ny_ = np.where(ok, np.einsum("mi,mi->m", rows, wy * py) / safe, y)
-            nx_ = np.where(ok, np.einsum("mj,mj->m", cols, wx * px) / safe, x)
-            dy, dx = ny_ - y0, nx_ - x0
-            d = np.hypot(dy, dx)
-            lim = width[sel]
-            f = np.where(d > lim, lim / np.maximum(d, 1e-9), 1.0)
-            y, x = y0 + dy * f, x0 + dx * f
-        cy[sel], cx[sel] = y, x
+    width = np.ascontiguousarray(width, dtype=np.float64)
+    base = np.ascontiguousarray(np.broadcast_to(baseline, cy.shape), dtype=np.float64)
+    if cy.size == 0:
+        return cy, cx
+    _centroid_kernel()(np.ascontiguousarray(img), cy, cx, width, base, int(n_iter))
     return cy, cx
+
+
+def _centroid_py(img, cy, cx, width, base, n_iter):  # pragma: no cover - compiled by numba
+    """In-place core of :func:`weighted_centroid` (hand-written loops for numba; the same
+    arithmetic as the former vectorised numpy version: separable Gaussian weights, row and
+    column sums of the patch, the shift limited to ``width`` from the start)."""
+    ny, nx = img.shape
+    for c in range(cy.shape[0]):
+        w = width[c]
+        half = min(max(int(np.ceil(4.0 * w)), 2), 48)
+        p = 2 * half + 1
+        y0, x0 = cy[c], cx[c]
+        ry, rx = int(np.rint(y0)) - half, int(np.rint(x0)) - half
+        v = np.empty((p, p))
+        for i in range(p):
+            yi = min(max(ry + i, 0), ny - 1)
+            for j in range(p):
+                xj = min(max(rx + j, 0), nx - 1)
+                v[i, j] = np.float64(img[yi, xj]) - base[c]
+        wy = np.empty(p)
+        wx = np.empty(p)
+        rows = np.empty(p)
+        cols = np.empty(p)
+        y, x = y0, x0
+        for _ in range(n_iter):
+            for i in range(p):
+                t = (ry + i - y) / w
+                wy[i] = np.exp(-0.5 * t * t)
+                t = (rx + i - x) / w
+                wx[i] = np.exp(-0.5 * t * t)
+            for i in range(p):
+                acc = 0.0
+                for j in range(p):
+                    acc += v[i, j] * wx[j]
+                rows[i] = acc
+            for j in range(p):
+                cols[j] = 0.0
+            for i in range(p):
+                for j in range(p):
+                    cols[j] += v[i, j] * wy[i]
+            tot = 0.0
+            sy = 0.0
+            sx = 0.0
+            for i in range(p):
+                tot += rows[i] * wy[i]
+                sy += rows[i] * wy[i] * (ry + i)
+                sx += cols[i] * wx[i] * (rx + i)
+            # no clipping of negative pixels: zero-mean noise then adds no bias; the window
+            # centred on the current estimate damps each step, so iterate
+            if tot > 0:
+                ny_, nx_ = sy / tot, sx / tot
+            else:
+                ny_, nx_ = y, x
+            dy, dx = ny_ - y0, nx_ - x0
+            d = np.sqrt(dy * dy + dx * dx)
+            f = w / max(d, 1e-9) if d > w else 1.0
+            y, x = y0 + dy * f, x0 + dx * f
+        cy[c], cx[c] = y, x
+
+
+@functools.cache
+def _centroid_kernel():
+    """:func:`_centroid_py` compiled by numba (on first use, cached on disk; ``nogil``: the
+    pipeline detects frames in threads)."""
+    import numba
+
+    return numba.njit(cache=True, nogil=True)(_centroid_py)
 
 
 def fit_profiles(profiles: np.ndarray, r: np.ndarray, weights: np.ndarray, psf_px: float,
@@ -475,23 +520,10 @@ def line_excess(circle: np.ndarray, centre: np.ndarray, noise: np.ndarray,
     one = n_spokes == 1  # a single spoke (a tip) counts its full height
     lines_all[si[one[si]]] = v[si[one[si]], sk[one[si]]]
     starts = np.searchsorted(si, np.arange(n))
-    for i in np.flatnonzero(n_spokes >= 2):  # pairs of opposite spokes: a handful each
-        idx = sk[starts[i]:starts[i] + n_spokes[i]]
-        vals = v[i, idx]
-        order = np.argsort(-vals)
-        used = np.zeros(idx.size, bool)
-        lines = 0.0
-        for p in order:
-            if used[p]:
-                continue
-            used[p] = True
-            dist = np.abs((idx - idx[p]) % a - a // 2)  # angular distance from opposite
-            cand = np.flatnonzero(~used & (dist <= tol))
-            if cand.size:
-                q = cand[np.argmax(vals[cand])]
-                used[q] = True
-            lines += vals[p]  # a pair counts its higher spoke: a weak opposite bump is no fiber
-        lines_all[i] = lines
+    if (n_spokes >= 2).any():  # pairs of opposite spokes: a handful per candidate
+        _pair_spokes_kernel()(np.ascontiguousarray(v), si.astype(np.int64), sk.astype(np.int64),
+                              starts.astype(np.int64), n_spokes.astype(np.int64), int(tol),
+                              lines_all)
     pos = height > 0
     out[pos] = (height[pos] - lines_all[pos]) / height[pos]
     out = np.clip(out, 0.0, 1.0)
@@ -499,6 +531,53 @@ def line_excess(circle: np.ndarray, centre: np.ndarray, noise: np.ndarray,
     if return_residual:
         return out, resid
     return out
+
+
+def _pair_spokes_py(v, si, sk, starts, n_spokes, tol, lines_all):  # pragma: no cover
+    """The fibers' share of each candidate with two or more spokes (:func:`line_excess`),
+    into ``lines_all``: from the highest spoke down, each unpaired spoke takes the highest
+    free spoke within ``tol`` samples of opposite as its pair, and the pair counts its
+    higher spoke (a weak opposite bump is no fiber). Compiled by numba (``nogil``): a
+    greedy loop over a handful of spokes per candidate, no array form."""
+    a = v.shape[1]
+    for i in range(n_spokes.shape[0]):
+        cnt = n_spokes[i]
+        if cnt < 2:
+            continue
+        idx = sk[starts[i]:starts[i] + cnt]
+        vals = np.empty(cnt, v.dtype)
+        for t in range(cnt):
+            vals[t] = v[i, idx[t]]
+        order = np.empty(cnt, np.int64)  # highest first, stable: an insertion sort of a few
+        for t in range(cnt):
+            u = t
+            while u > 0 and vals[order[u - 1]] < vals[t]:
+                order[u] = order[u - 1]
+                u -= 1
+            order[u] = t
+        used = np.zeros(cnt, np.bool_)
+        lines = 0.0
+        for p in order:
+            if used[p]:
+                continue
+            used[p] = True
+            q = -1
+            for t in range(cnt):  # the highest free spoke near opposite (first on ties)
+                if (not used[t] and abs((idx[t] - idx[p]) % a - a // 2) <= tol
+                        and (q < 0 or vals[t] > vals[q])):
+                    q = t
+            if q >= 0:
+                used[q] = True
+            lines += vals[p]
+        lines_all[i] = lines
+
+
+@functools.cache
+def _pair_spokes_kernel():
+    """:func:`_pair_spokes_py` compiled by numba (on first use, cached on disk; ``nogil``)."""
+    import numba
+
+    return numba.njit(cache=True, nogil=True)(_pair_spokes_py)
 
 
 def _subsample_peak(ring: np.ndarray, si: np.ndarray, k: np.ndarray) -> np.ndarray:
@@ -555,10 +634,21 @@ def two_shells_fit_better(image: np.ndarray, big: tuple[float, float, float],
                           cache: dict | None = None) -> bool:
     """Whether two vesicles ``a`` and ``b`` explain the image around ``big`` better than one.
 
-    Each argument is ``(y, x, shell radius)`` in px. On the pixels within ``big``'s radius
+    :func:`shells_fit_better` with the two parts ``(a, b)`` (see there).
+    """
+    return shells_fit_better(image, big, (a, b), psf_px, r_table_max, cache=cache)
+
+
+def shells_fit_better(image: np.ndarray, big: tuple[float, float, float],
+                      parts: tuple[tuple[float, float, float], ...],
+                      psf_px: float, r_table_max: float,
+                      cache: dict | None = None) -> bool:
+    """Whether the vesicles ``parts`` explain the image around ``big`` better than one.
+
+    Each object is ``(y, x, shell radius)`` in px. On the pixels within ``big``'s radius
     plus 4 PSF sigmas, the shell-convolved-with-PSF model of ``big`` (amplitude + offset) and
-    the sum of the models of ``a`` and ``b`` (two amplitudes + offset) are fitted by linear
-    least squares; True when the second has the smaller residual with both amplitudes
+    the sum of the models of the parts (one amplitude each + offset) are fitted by linear
+    least squares; True when the second has the smaller residual with all amplitudes
     positive. Two touching vesicles seen as one blob are not one limb-brightened shell; a
     ring-like migrasome is, and two small blobs on its rim explain only part of it. The one
     shell's residual is its best over nearby centres (+-1 px) and radii (+-15 %): the two
@@ -567,59 +657,168 @@ def two_shells_fit_better(image: np.ndarray, big: tuple[float, float, float],
     """
     radii, table = model_table(round(float(psf_px), 3), float(np.ceil(r_table_max)))
     img = np.asarray(image)
-    y0, x0, r0 = big
-    window = _window_pixels(img, y0, x0, r0 + 4.0 * psf_px)
-    if window is None:
-        return False
-    py, px, vals = window
-    pos = np.arange(table.shape[1])
-
-    def shell(y: float, x: float, r: float) -> np.ndarray:
-        k = float(np.interp(r, radii, np.arange(len(radii))))
-        k0 = min(int(k), len(radii) - 2)
-        row = table[k0] * (1.0 - (k - k0)) + table[k0 + 1] * (k - k0)
-        return np.interp(np.hypot(py - y, px - x) / _DR, pos, row)
-
-    ones = np.ones(vals.size)
-    design = np.stack([shell(*a), shell(*b), ones])  # two shells: normal equations, 3 columns
-    gram, rhs = design @ design.T, design @ vals
-    try:
-        c2 = np.linalg.solve(gram, rhs)
-    except np.linalg.LinAlgError:
-        return False
-    if not (c2[0] > 0 and c2[1] > 0):
-        return False
-    sse2 = float(vals @ vals - c2 @ rhs)
-    dv = vals - vals.mean()
-
-    def sse_one(m: np.ndarray) -> np.ndarray:  # amplitude + offset, closed form, per row
-        m = m - m.mean(axis=-1, keepdims=True)
-        cov = m @ dv
-        var_m = np.maximum(np.einsum("...i,...i->...", m, m), 1e-30)
-        return float(dv @ dv) - np.where(cov > 0, cov * cov / var_m, 0.0)  # no fit if a <= 0
-
-    if sse2 >= float(sse_one(shell(*big))):
-        return False
+    if img.dtype != np.float32:
+        img = img.astype(np.float64)
     key = tuple(big)
-    if cache is not None and key in cache:
-        return bool(sse2 < cache[key])
-    # the one shell gets the freedom of place and size the two candidates had (each was
-    # centred and sized on its own): its best over centres +-1 px and radii +-15 %, so an
-    # off-centre or mis-sized ring candidate does not lose to two blobs on its rim.
-    # Amplitude + offset least squares in closed form, the 27 variants at once.
-    off = np.array([-1.0, 0.0, 1.0])
-    dist = np.hypot(py[None, None, :] - (y0 + off)[:, None, None],
-                    px[None, None, :] - (x0 + off)[None, :, None]).reshape(9, -1) / _DR
-    models = []
+    known = cache.get(key, np.nan) if cache is not None else np.nan
+    y0, x0, r0 = (float(v) for v in big)
+    wins, best = _shells_kernel()(np.ascontiguousarray(img), y0, x0, r0,
+                                  np.asarray(parts, dtype=np.float64).reshape(-1, 3),
+                                  float(psf_px), radii, table, float(known))
+    if cache is not None and np.isfinite(best) and key not in cache:
+        cache[key] = float(best)
+    return bool(wins)
+
+
+def _shells_py(img, y0, x0, r0, parts, psf_px, radii, table, known):  # pragma: no cover
+    """Core of :func:`shells_fit_better` (compiled by numba, ``nogil``): hand-written loops
+    because each call is a few hundred pixels and a handful of models, where numpy's
+    per-call overhead (holding the GIL) was most of the cost. Returns ``(wins, best)``:
+    whether the parts fit better, and the one shell's best residual over its 27 variants
+    (NaN when not computed; ``known`` is that residual from an earlier call, or NaN)."""
+    ny, nx = img.shape
+    reach = r0 + 4.0 * psf_px
+    half = int(np.ceil(reach + 1.0))
+    iy, ix = int(np.rint(y0)), int(np.rint(x0))
+    ylo, yhi = max(iy - half, 0), min(iy + half, ny - 1)
+    xlo, xhi = max(ix - half, 0), min(ix + half, nx - 1)
+    if yhi - ylo + 1 < 3 or xhi - xlo + 1 < 3:
+        return False, np.nan
+    # the window: pixels within reach of the centre, row by row
+    cap = (yhi - ylo + 1) * (xhi - xlo + 1)
+    py = np.empty(cap)
+    px = np.empty(cap)
+    vals = np.empty(cap)
+    n = 0
+    for yy in range(ylo, yhi + 1):
+        for xx in range(xlo, xhi + 1):
+            if np.hypot(yy - y0, xx - x0) <= reach:
+                py[n], px[n], vals[n] = yy, xx, img[yy, xx]
+                n += 1
+    py, px, vals = py[:n], px[:n], vals[:n]
+    n_radii, n_tab = radii.shape[0], table.shape[1]
+
+    def shell_values(y, x, r, out):
+        # the tabulated shell of radius r at (y, x) on the window's pixels: the table row
+        # interpolated between radii, then linearly in distance (np.interp's arithmetic;
+        # the table's grid is uniform, step _DR)
+        if r <= radii[0]:
+            k = 0.0
+        elif r >= radii[n_radii - 1]:
+            k = float(n_radii - 1)
+        else:
+            j = np.searchsorted(radii, r, side="right") - 1
+            k = float(j) if radii[j] == r else (1.0 / (radii[j + 1] - radii[j])) * (r - radii[j]) + j
+        k0 = min(int(k), n_radii - 2)
+        f = k - k0
+        for i in range(n):
+            t = np.hypot(py[i] - y, px[i] - x) / 0.125  # _DR
+            if t >= n_tab - 1:
+                out[i] = table[k0, n_tab - 1] * (1.0 - f) + table[k0 + 1, n_tab - 1] * f
+            else:
+                j = int(t)
+                lo = table[k0, j] * (1.0 - f) + table[k0 + 1, j] * f
+                if t == j:
+                    out[i] = lo
+                else:
+                    hi = table[k0, j + 1] * (1.0 - f) + table[k0 + 1, j + 1] * f
+                    out[i] = (hi - lo) * (t - j) + lo
+
+    def sse_one(model, dv, dvdv):
+        # amplitude + offset fitted to dv (centred data), closed form; no fit if <= 0
+        mean = 0.0
+        for i in range(n):
+            mean += model[i]
+        mean /= n
+        cov = 0.0
+        var_m = 0.0
+        for i in range(n):
+            mc = model[i] - mean
+            cov += mc * dv[i]
+            var_m += mc * mc
+        var_m = max(var_m, 1e-30)
+        return dvdv - (cov * cov / var_m if cov > 0 else 0.0)
+
+    # the parts (one amplitude each) + offset: normal equations, Gaussian elimination
+    m = parts.shape[0] + 1
+    design = np.ones((m, n))
+    for j in range(m - 1):
+        shell_values(parts[j, 0], parts[j, 1], parts[j, 2], design[j])
+    a = np.empty((m, m))
+    rhs = np.empty(m)
+    for p in range(m):
+        acc = 0.0
+        for i in range(n):
+            acc += design[p, i] * vals[i]
+        rhs[p] = acc
+        for q in range(p, m):
+            acc = 0.0
+            for i in range(n):
+                acc += design[p, i] * design[q, i]
+            a[p, q] = acc
+            a[q, p] = acc
+    c = rhs.copy()
+    for col in range(m):  # partial pivoting
+        piv = col
+        for r_ in range(col + 1, m):
+            if abs(a[r_, col]) > abs(a[piv, col]):
+                piv = r_
+        if a[piv, col] == 0.0:
+            return False, np.nan
+        if piv != col:
+            for q in range(m):
+                a[col, q], a[piv, q] = a[piv, q], a[col, q]
+            c[col], c[piv] = c[piv], c[col]
+        for r_ in range(col + 1, m):
+            f = a[r_, col] / a[col, col]
+            for q in range(col, m):
+                a[r_, q] -= f * a[col, q]
+            c[r_] -= f * c[col]
+    coef = np.empty(m)
+    for r_ in range(m - 1, -1, -1):
+        acc = c[r_]
+        for q in range(r_ + 1, m):
+            acc -= a[r_, q] * coef[q]
+        coef[r_] = acc / a[r_, r_]
+    for j in range(m - 1):
+        if not coef[j] > 0:
+            return False, np.nan
+    sse2 = 0.0
+    mean = 0.0
+    for i in range(n):
+        sse2 += vals[i] * vals[i]
+        mean += vals[i]
+    for p in range(m):
+        sse2 -= coef[p] * rhs[p]
+    mean /= n
+    dv = vals - mean
+    dvdv = 0.0
+    for i in range(n):
+        dvdv += dv[i] * dv[i]
+    model = np.empty(n)
+    shell_values(y0, x0, r0, model)
+    if sse2 >= sse_one(model, dv, dvdv):
+        return False, np.nan
+    if np.isfinite(known):
+        return sse2 < known, np.nan
+    # the one shell gets the freedom of place and size the parts had (each was centred
+    # and sized on its own): its best over centres +-1 px and radii +-15 %, so an
+    # off-centre or mis-sized ring candidate does not lose to blobs on its rim
+    best = np.inf
     for fr in (0.85, 1.0, 1.15):
-        k = float(np.interp(r0 * fr, radii, np.arange(len(radii))))
-        k0 = min(int(k), len(radii) - 2)
-        row = table[k0] * (1.0 - (k - k0)) + table[k0 + 1] * (k - k0)
-        models.append(np.interp(dist, pos, row))
-    best = float(sse_one(np.concatenate(models)).min())
-    if cache is not None:
-        cache[key] = best
-    return bool(sse2 < best)
+        for oy in (-1.0, 0.0, 1.0):
+            for ox in (-1.0, 0.0, 1.0):
+                shell_values(y0 + oy, x0 + ox, r0 * fr, model)
+                best = min(best, sse_one(model, dv, dvdv))
+    return sse2 < best, best
+
+
+@functools.cache
+def _shells_kernel():
+    """:func:`_shells_py` compiled by numba (on first use, cached on disk; ``nogil``)."""
+    import numba
+
+    return numba.njit(cache=True, nogil=True)(_shells_py)
 
 
 def one_shell_fits_better(image: np.ndarray, shell: tuple[float, float, float],
@@ -697,7 +896,8 @@ def one_shell_fits_better(image: np.ndarray, shell: tuple[float, float, float],
 
 def select_objects(cy: np.ndarray, cx: np.ndarray, radius: np.ndarray, strength: np.ndarray,
                    isotropy: np.ndarray, psf_px: float,
-                   pair_test: Callable[[int, int, int], bool] | None = None) -> np.ndarray:
+                   pair_test: Callable[[int, int, int], bool] | None = None,
+                   group_test: Callable[[int, np.ndarray], bool] | None = None) -> np.ndarray:
     """Indices of the candidates kept as distinct objects (duplicates and mergers removed).
 
     1. A candidate is a *merger* (the scale-space response of two touching vesicles seen as
@@ -715,6 +915,11 @@ def select_objects(cy: np.ndarray, cx: np.ndarray, radius: np.ndarray, strength:
        is dropped either way: same result, fewer model fits), on its three strongest member
        pairs when elongated, on its strongest one when round (any two vesicles of a cluster
        explain it better than one shell).
+       With ``group_test(i, members)`` (e.g. :func:`shells_fit_better`), a large candidate
+       that is no merger is also tested as a *cluster*: its distinct members of any size
+       (those it would suppress, none covering another, up to :data:`MAX_CLUSTER_PARTS`,
+       strongest first) fitted together against it. A cluster of small vesicles is seen as
+       one large round blob whose members are far below the 0.3 floor above.
     2. The rest are taken from large to small radius (then by ``strength``); a candidate
        whose centre lies inside an accepted object's disk (radius + 1 PSF sigma + half its
        own radius: it overlaps the accepted one by more than half its size) is a duplicate
@@ -752,12 +957,29 @@ def select_objects(cy: np.ndarray, cx: np.ndarray, radius: np.ndarray, strength:
         best = np.argsort(-(strength[inner[pa]] + strength[inner[pb]]))[:n_pairs]
         return any(pair_test(i, int(inner[pa[q]]), int(inner[pb[q]])) for q in best)
 
+    def is_cluster(i: int) -> bool:
+        # a blob made of several smaller vesicles (any size: a cluster of small vesicles
+        # is seen as one large blob whose members are far smaller than it): its distinct
+        # members, strongest first, fitted together against the one shell
+        inner = np.flatnonzero(covers[i] & (radius < radius[i]))
+        if inner.size < 2:
+            return False
+        members: list[int] = []
+        for k in inner[np.argsort(-strength[inner])]:
+            if not (covers[k, members].any() or covers[members, k].any()):
+                members.append(int(k))
+            if len(members) == MAX_CLUSTER_PARTS:
+                break
+        return len(members) >= 2 and group_test(i, np.asarray(members))
+
     order = np.lexsort((-strength, -radius))
     kept = np.zeros(n, bool)
     kept_list: list[int] = []
     for i in order:  # greedy: a few hundred candidates at most
         # the merger test only where it matters: a covered candidate is dropped anyway
         if (kept & covers[:, i]).any() or (suspect[i] and is_merger(int(i))):
+            continue
+        if group_test is not None and suspect[i] and is_cluster(int(i)):
             continue
         kept[i] = True
         kept_list.append(i)

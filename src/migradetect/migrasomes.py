@@ -51,7 +51,10 @@ Method (one frame)
    them better it is dropped for them. A ring-like migrasome whose rim gave the smaller
    candidates is one shell; two small blobs on its rim explain only part of it (the one
    shell gets its best of nearby centres and radii, as the two were each fitted on their
-   own).
+   own). A large blob over a cluster of much smaller vesicles (below the pair's size floor
+   of 0.3 of its radius) is tested the same way with its distinct members fitted together
+   (up to :data:`migradetect._blobfit.MAX_CLUSTER_PARTS`, strongest first; one amplitude
+   each + offset) against the one shell.
 7. **Rim pieces.** A large thin shell breaks, in noise, into bright arcs that the scale space
    finds as small blobs; when the ring's own candidate is lost (anisotropic at its centre,
    or its centroid pulled to one arc), two arcs were accepted as two vesicles. Two accepted
@@ -82,6 +85,7 @@ from migradetect._blobfit import (
     one_shell_fits_better,
     sample_polar,
     select_objects,
+    shells_fit_better,
     two_shells_fit_better,
     weighted_centroid,
 )
@@ -149,6 +153,10 @@ _NOISE_BLOCK = 64
 #: (kept only when resolved and vesicle-shaped): its bends and fiber roots are no vesicles.
 #: Tuning seeds: 2 and 4 give the same F1 (WGA medium sparse 0.858 -> 0.886).
 RIM_REACH_PSF = 2.0
+#: Diagnostics only (benchmarks/bench_detection.py --diagnose): when a dict, each call of
+#: :func:`detect_migrasomes` stores its intermediate arrays there (candidates, the stage
+#: each was dropped at). Not thread-safe; None (the default) costs nothing.
+TRACE: dict | None = None
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -300,6 +308,11 @@ def detect_migrasomes(
     n0 = len(cand["y"])
     nz = _lookup(noise, cand["y"], cand["x"], shape, _NOISE_BLOCK)
     keep = (cand["resp"] >= config.candidate_snr * nz) & (cand["iso"] >= config.min_isotropy)
+    trace = TRACE
+    if trace is not None:
+        trace.clear()
+        trace["raw"] = {k: v.copy() for k, v in cand.items()} | {"nz": nz.copy(),
+                                                                  "keep": keep.copy()}
     cand = {k: v[keep] for k, v in cand.items()}
     nz = nz[keep]
     n = len(cand["y"])
@@ -364,6 +377,10 @@ def detect_migrasomes(
             return_residual=True,
             rings=(rings[:, 0, :], rings[:, 1, :], rc, rc + 2.0 * width, np.full(len(sel), width)))
         resid_sig[sel] = resid / g_noise
+    if trace is not None:
+        trace.update(cy=cy.copy(), cx=cx.copy(), radius=radius.copy(), peak_snr=peak_snr.copy(),
+                     r2=fit["r2"].copy(),
+                     fit_ok=ok.copy(), excess=excess.copy(), resid_sig=resid_sig.copy())
     ok &= (excess >= config.min_line_excess) & (resid_sig >= config.min_excess_snr)
     idx = np.flatnonzero(ok)
     if idx.size == 0:
@@ -377,10 +394,21 @@ def detect_migrasomes(
         return two_shells_fit_better(img, (ci[i], xi[i], ri[i]), (ci[a], xi[a], ri[a]),
                                      (ci[b], xi[b], ri[b]), psf_px, r_table, cache=one_shell)
 
+    def group_test(i: int, members: np.ndarray) -> bool:
+        return shells_fit_better(img, (ci[i], xi[i], ri[i]),
+                                 tuple(zip(ci[members], xi[members], ri[members])),
+                                 psf_px, r_table, cache=one_shell)
+
     sel = idx[select_objects(ci, xi, ri, peak_snr[idx], cand["iso"][idx], psf_px,
-                              pair_test=pair_test)]
+                              pair_test=pair_test, group_test=group_test)]
+    if trace is not None:
+        trace["line_ok"] = idx.copy()
+        trace["selected"] = sel.copy()
     sel = _merge_rim_pieces(img, sel, cy, cx, radius, fit, peak_snr, nz, psf_px, r_table,
                             1.15 * max_r, config.threshold_snr)
+    if trace is not None:
+        trace["rim_merged"] = sel.copy()
+        trace["rim_cy"], trace["rim_cx"] = cy.copy(), cx.copy()
 
     cy, cx, radius = cy[sel], cx[sel], radius[sel]
     if cell_labels is not None:
