@@ -28,7 +28,8 @@ comes from (:func:`count_breakdown`: glued cells, wrong-cell assignment, fragmen
 tracks, uncounted or unlinked true tracks) and the sums per movie. ``--first-seed`` picks the
 first simulator seed: tune on seeds 0-99 (a tuning run writes no results file, except into
 its ``--keep`` folder), measure on seeds >= 1000 (the default). ``--keep DIR`` keeps the
-movies and result folders.
+movies and result folders; ``--out FILE`` writes a measuring run's results there instead of
+``benchmarks/results/tracking_e2e.json`` (a check run that must not replace the recorded ones).
 
 ``--reassign DIR`` re-runs only the assignment step (``across_time.assign`` with the current
 code and each preset's config) on the result folders an earlier ``--e2e --keep DIR`` run left,
@@ -501,7 +502,7 @@ def main_e2e(args) -> None:
     pd.set_option("display.width", 250)
     print(df.round(3).to_string(index=False))
     print(json.dumps(summary, indent=2))
-    out = OUT.with_name("tracking_e2e.json")
+    out = Path(args.out) if args.out else OUT.with_name("tracking_e2e.json")
     if args.first_seed < 1000:  # a tuning run: never overwrites the measured results
         if not keep:
             return
@@ -530,6 +531,10 @@ def main() -> None:
     p.add_argument("--snrs", default="high",
                    help="end-to-end: simulator SNR presets to run, comma-separated "
                         "(high,medium,low); seeds continue from 1000 across them")
+    p.add_argument("--out", default="",
+                   help="end-to-end: write the measured results here instead of "
+                        "benchmarks/results/tracking_e2e.json (a check run that must not replace "
+                        "the recorded results)")
     p.add_argument("--reassign", default="",
                    help="re-run only the assignment on the folders an earlier --e2e --keep "
                         "DIR run left in DIR (rewriting their result tables) and score them")
