@@ -442,3 +442,72 @@ def test_a_cell_missing_from_the_mask_is_excluded():
     off = DriftConfig(mask_unsegmented_cells=False)
     dy, dx, q = register_pair(a, b, pixel_size_um=PX, config=off)
     assert np.isnan(q) or not (abs(dx + 3.0) < 0.5 and abs(dy - 2.0) < 0.5)
+
+
+def test_registrar_cache_gives_the_pairs_of_fresh_registrations(monkeypatch):
+    """The registrar keeps each held product made ready for registration (within
+    SIDE_CACHE_BYTES): its edges are exactly those of register_prepared on every pair alone,
+    with the cache large, and small enough that sides are dropped and made again."""
+    from migradetect import drift as drift_mod
+
+    pts, amps = _scene(seed=3, n=50)
+    truth = np.column_stack([0.4 * np.arange(10), -0.3 * np.arange(10)])
+    cfg = DriftConfig(pair_gap=4)
+    products = [prepare_frame(_render(pts, amps, s, seed=60 + t)[0], pixel_size_um=PX,
+                              config=cfg) for t, s in enumerate(truth)]
+    alone = [(i, j, *register_prepared(products[i], products[j], pixel_size_um=PX, config=cfg))
+             for i, j in pair_list(len(products), config=cfg)]
+    assert sum(np.isfinite(e[4]) for e in alone) >= len(alone) // 2  # real registrations
+    side = drift_mod._Side(products[0], cfg)
+    side.coarse_spectra(int(np.ceil(DriftConfig().max_jump_um / (PX * product_bin(PX)))) + 1)
+    # everything kept / sides dropped and made again (a side's spectra are counted once
+    # made: up to 3 then) / large products: no sides at all
+    for budget, kept in ((2**30, cfg.pair_gap + 1), (side.nbytes * 2.5, 3), (1, 0)):
+        monkeypatch.setattr(drift_mod, "SIDE_CACHE_BYTES", budget)
+        reg = PairRegistrar(len(products), pixel_size_um=PX, config=cfg)
+        if kept == 3:
+            monkeypatch.setattr(reg, "_keeps_sides", lambda product: True)
+        for t, p in enumerate(products):
+            reg.add(t, p)
+            reg.register()
+            assert len(reg._sides) <= kept
+        edges = reg.edges()
+        assert edges == alone
+        assert not reg._sides
+
+
+def test_point_pair_shift_with_given_trees_and_known_shift():
+    """Displacement voting finds a known common shift among clutter, the same with the
+    caller's KD-trees, and the one-to-one support counts the static points."""
+    from scipy.spatial import cKDTree
+
+    from migradetect.drift import _point_pair_shift
+
+    rng = np.random.default_rng(5)
+    static = rng.uniform(0, 400, size=(25, 2))
+    p = np.vstack([static, rng.uniform(0, 400, size=(15, 2))])
+    q = np.vstack([static + [3.2, -1.7] + rng.normal(0, 0.05, size=(25, 2)),
+                   rng.uniform(0, 400, size=(15, 2))])
+    kw = dict(max_jump=20.0, tol=0.5, area=400.0**2, max_nfa=1e-3)
+    dy, dx, support = _point_pair_shift(p, q, **kw)
+    assert abs(dy - 3.2) < 0.1 and abs(dx + 1.7) < 0.1 and support >= 24
+    assert _point_pair_shift(p, q, trees=(cKDTree(p), cKDTree(q)), **kw) == (dy, dx, support)
+
+
+def test_refine_of_a_drift_solved_with_the_fiducial_pairs_is_the_same():
+    """estimate_drift solves the image and fiducial pairs once (drift_from_edges with
+    fiducial_edges) and tells refine_drift so: the same drift as refine_drift solving the
+    image pairs again with the fiducial pairs itself."""
+    det, truth = _fiducial_scene()
+    n = len(truth)
+    edges = [(i, j, *(truth[j] - truth[i] + 0.02), 0.5 if i >= 4 and not i < 7 <= j else np.nan)
+             for i, j in pair_list(n)]
+    fid = fiducial_edges(det, n, pixel_size_um=PX)
+    assert fid
+    twice = refine_drift(det, drift_from_edges(edges, n), pixel_size_um=PX, pair_edges=edges)
+    once = refine_drift(det, drift_from_edges(edges, n, fiducial_edges=fid), pixel_size_um=PX,
+                        pair_edges=edges, fiducial_pairs=fid)
+    for col in ("frame", "dy_px", "dx_px", "registered"):
+        np.testing.assert_array_equal(once[col].to_numpy(), twice[col].to_numpy())
+    err = np.hypot(once.dy_px - truth[:, 0], once.dx_px - truth[:, 1])
+    assert np.sqrt(np.mean(err**2)) < 0.2

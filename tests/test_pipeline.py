@@ -394,6 +394,10 @@ def test_detection_gate_holds_one_large_frame_at_a_time(sim_movie, config, monke
     assert state["most"] == 1
     for name in CSV_NAMES:
         pd.testing.assert_frame_equal(gated.tables[name], free.tables[name])
+    # large frames relabel the migrasome stack before assignment, not beside it: same labels
+    for name in pipeline.LABEL_ARRAYS:
+        np.testing.assert_array_equal(gated.labels[name][:], free.labels[name][:])
+    assert gated.labels["migrasomes"][:].max() > 0
 
 
 def test_release_free_memory_runs():

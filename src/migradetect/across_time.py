@@ -72,16 +72,21 @@ def estimate_drift(movie: Any, group: Any, channel: int, *, pixel_size_um: float
     n = int(movie.n_frames)
     if n < 2 or not config.drift.enabled:
         return zero_drift(n)
-    if edges is not None:
-        table = drift_mod.drift_from_edges(edges, n, config=config.drift)
-    elif products is not None:
-        if len(products) != n:
-            raise ValueError(f"{len(products)} drift products for {n} frames")
-        # registered here from memory, on the threaded scheduler whatever ran the frames
-        # (shipping the products to cluster workers costs more than registering them)
-        edges = drift_mod.register_products(products, pixel_size_um=pixel_size_um,
-                                            config=config.drift)
-        table = drift_mod.drift_from_edges(edges, n, config=config.drift)
+    fid = None
+    if edges is not None or products is not None:
+        if edges is None:
+            if len(products) != n:
+                raise ValueError(f"{len(products)} drift products for {n} frames")
+            # registered here from memory, on the threaded scheduler whatever ran the frames
+            # (shipping the products to cluster workers costs more than registering them)
+            edges = drift_mod.register_products(products, pixel_size_um=pixel_size_um,
+                                                config=config.drift)
+        if config.drift.refine and len(detections):
+            # the migrasomes' pairs join the image pairs in this one solve (refine_drift
+            # would otherwise solve the pair graph a second time with them)
+            fid = drift_mod.fiducial_edges(detections, n, pixel_size_um=pixel_size_um,
+                                           config=config.drift)
+        table = drift_mod.drift_from_edges(edges, n, config=config.drift, fiducial_edges=fid)
     else:
         frames = movie.data[:, channel, 0]
         cells = group["cells"]
@@ -93,7 +98,7 @@ def estimate_drift(movie: Any, group: Any, channel: int, *, pixel_size_um: float
     if len(detections):
         table = drift_mod.refine_drift(detections, table, pixel_size_um=pixel_size_um,
                                        config=config.drift, tracking_config=config.tracking,
-                                       pair_edges=edges)
+                                       pair_edges=edges, fiducial_pairs=fid)
     table = pd.DataFrame(table)[["frame", "dy_px", "dx_px"]]
     full = zero_drift(n)[["frame"]].merge(table, on="frame", how="left")
     full[["dy_px", "dx_px"]] = full[["dy_px", "dx_px"]].astype(float).fillna(0.0)

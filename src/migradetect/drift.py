@@ -91,9 +91,11 @@ Public functions
     The pair shifts that the migrasome detections of two frames agree on (displacement
     voting, chance-coincidence test; see :func:`_point_pair_shift`).
 ``refine_drift(detections, drift, *, pixel_size_um, config=None, tracking_config=None,
-pair_edges=None)``
+pair_edges=None, fiducial_pairs=None)``
     Solves the pair graph again with the fiducial pairs added (image pairs: ``pair_edges``,
-    the edges ``drift`` was solved from), then removes the
+    the edges ``drift`` was solved from; not again when ``drift`` was solved with the
+    ``fiducial_pairs`` already, as :func:`migradetect.across_time.estimate_drift` does),
+    then removes the
     random-walk error of the pair solution with anchored migrasomes (static fiducials): the
     detections are linked in coarse-corrected coordinates (unless they carry
     ``track_id``); tracks of at least ``refine_min_track_frames`` whose corrected positions
@@ -118,7 +120,7 @@ from scipy import sparse
 from scipy.sparse.linalg import spsolve
 from skimage.transform import downscale_local_mean, resize
 
-from migradetect._ncc import masked_ncc, masked_ncc_map
+from migradetect._ncc import masked_ncc, masked_ncc_map_from_spectra, ncc_shape, ncc_spectra
 from migradetect.errors import InputError
 from migradetect.params import param
 from migradetect.preprocess import _median, block_any, block_mean
@@ -351,7 +353,11 @@ def _unmasked_bodies(b: np.ndarray, valid: np.ndarray, px: float) -> np.ndarray:
     # cell are fixed structure and must stay
     body = ndi.distance_transform_edt(~core) <= BODY_CORE_UM / pc + 1
     out = none
-    out[:ny, :nx] = np.repeat(np.repeat(body, c, axis=0), c, axis=1) if c > 1 else body
+    if c > 1:  # each coarse pixel back to its c x c block (a broadcast copy: np.repeat twice
+        # made two passes and an intermediate)
+        out[:ny, :nx].reshape(ny // c, c, nx // c, c)[...] = body[:, None, :, None]
+    else:
+        out[:ny, :nx] = body
     return out
 
 
@@ -382,9 +388,13 @@ def prepare_frame(
         frame in units of its robust noise; NaN on cells (with their margin).
     """
     config = config or DriftConfig()
-    img = _as_frame(frame)
+    img = np.asarray(frame)
+    if img.ndim != 2:
+        img = _as_frame(img)  # raises the shape error
     k = product_bin(pixel_size_um)
-    b = _block_mean(img, k)
+    # binned straight from the camera counts (block_mean sums them into float32 exactly):
+    # no float32 copy of the whole frame
+    b = _block_mean(img, k) if k > 1 else _as_frame(img)
     px = float(pixel_size_um) * k
     valid = np.ones(b.shape, dtype=bool)
     if cell_mask is not None:
@@ -424,6 +434,54 @@ def _peak_offset(lo: float, c: float, hi: float) -> float:
     return float(np.clip(0.5 * (lo - hi) / den, -0.5, 0.5))
 
 
+class _Side:
+    """One product made ready for registration: what every pair it is in computes from it.
+
+    A frame is in up to ``2 x`` the number of gaps pairs (as the later and the earlier
+    frame); :class:`PairRegistrar` keeps these for the products it holds (within
+    :data:`SIDE_CACHE_BYTES`), so the conversions, the coarse copy and its FFT spectra are
+    made once per frame instead of once per pair. Values are exactly those a pair computed.
+    """
+
+    __slots__ = ("a", "fa", "n_valid", "varies", "c", "ac", "mac", "spectra", "nbytes")
+
+    def __init__(self, product: np.ndarray, config: DriftConfig) -> None:
+        a = product.astype(np.float32)
+        ma = np.isfinite(a)  # the frame's own cells (with margin) excluded
+        self.n_valid = int(ma.sum())
+        # bounded influence: above a few noise units a pixel is "structure", however bright;
+        # a match is then decided by the area of structure that overlaps, not by one or two
+        # bright migrasomes landing on other bright spots
+        lim = float(config.clip_noise)
+        self.a = np.clip(np.where(ma, a, 0.0), -lim, lim).astype(np.float32)
+        self.varies = bool(self.n_valid >= 64 and self.a[ma].std() > 0)
+        self.fa = ma.astype(np.float32)  # the mask as the compiled sums take it
+        # the coarse copy of the global search: binned c x c down to ~100-200 px (the fine
+        # search starts within c / 2 px of its peak); c depends on the shape alone
+        c = 1
+        while min(a.shape) // (2 * c) >= 96:
+            c *= 2
+        self.c = c
+        if c > 1:
+            wa = _block_mean(self.fa, c)
+            self.ac = np.divide(_block_mean(self.a, c), wa, out=np.zeros_like(wa),
+                                where=wa > 0)
+            self.mac = wa > 0.99
+        else:
+            self.ac, self.mac = self.a, ma
+        self.spectra: dict[tuple[int, ...], Any] = {}
+        self.nbytes = self.a.nbytes + self.fa.nbytes + self.ac.nbytes + self.mac.nbytes
+
+    def coarse_spectra(self, r: int) -> tuple[tuple[int, int], Any]:
+        """The FFT shape and :func:`migradetect._ncc.ncc_spectra` of the coarse copy for a
+        search radius ``r`` (made once)."""
+        shape = ncc_shape(self.ac.shape, r)
+        if shape not in self.spectra:
+            self.spectra[shape] = ncc_spectra(self.ac, self.mac, shape)
+            self.nbytes += sum(x.nbytes for x in self.spectra[shape])
+        return shape, self.spectra[shape]
+
+
 def register_prepared(
     prev: np.ndarray,
     cur: np.ndarray,
@@ -443,43 +501,42 @@ def register_prepared(
     if prev.shape != cur.shape:
         raise InputError(f"frames differ in shape: {prev.shape} vs {cur.shape}.",
                          fix="register frames of the same movie.")
+    return _register_sides(_Side(prev, config), _Side(cur, config),
+                           pixel_size_um=pixel_size_um, config=config, guess=guess)
+
+
+def _register_sides(
+    sa: _Side,
+    sb: _Side,
+    *,
+    pixel_size_um: float,
+    config: DriftConfig,
+    guess: tuple[float, float] | None = None,
+) -> tuple[float, float, float]:
+    """:func:`register_prepared` on two :class:`_Side` (products of the same shape)."""
     k = product_bin(pixel_size_um)
-    a, b = prev.astype(np.float32), cur.astype(np.float32)
-    ma, mb = np.isfinite(a), np.isfinite(b)  # each frame's own cells (with margin) excluded
-    if ma.sum() < 64 or mb.sum() < 64:
+    if sa.n_valid < 64 or sb.n_valid < 64:
         return 0.0, 0.0, math.nan
-    # bounded influence: above a few noise units a pixel is "structure", however bright; a
-    # match is then decided by the area of structure that overlaps, not by one or two bright
-    # migrasomes landing on other bright spots
-    lim = float(config.clip_noise)
-    a = np.clip(np.where(ma, a, 0.0), -lim, lim).astype(np.float32)
-    b = np.clip(np.where(mb, b, 0.0), -lim, lim).astype(np.float32)
-    if not (a[ma].std() > 0 and b[mb].std() > 0):
+    if not (sa.varies and sb.varies):
         return 0.0, 0.0, math.nan
+    a, b = sa.a, sb.a
     px = pixel_size_um * k
     # pixels per independent noise sample of a product (the noise smoothing correlates them)
     area = max(1.0, 4 * math.pi * (config.smoothing_um / px) ** 2)
     max_jump = config.max_jump_um / px
     if guess is not None:
         g = np.asarray(guess, dtype=np.float64) / k
-        return _local_peak(a, b, ma, mb, g, config.long_pair_radius_um / px, k, area,
+        return _local_peak(a, b, sa.fa, sb.fa, g, config.long_pair_radius_um / px, k, area,
                            config.min_significance)
-    # integer search over every shift up to max_jump: masked NCC via FFT on a copy binned
-    # c x c down to ~100-200 px (the fine search below starts within c / 2 px of the peak)
-    c = 1
-    while min(a.shape) // (2 * c) >= 96:
-        c *= 2
-    if c > 1:
-        wa, wb = _block_mean(ma.astype(np.float32), c), _block_mean(mb.astype(np.float32), c)
-        ac = np.divide(_block_mean(a, c), wa, out=np.zeros_like(wa), where=wa > 0)
-        bc = np.divide(_block_mean(b, c), wb, out=np.zeros_like(wb), where=wb > 0)
-        mac, mbc = wa > 0.99, wb > 0.99
-    else:
-        ac, bc, mac, mbc = a, b, ma, mb
-    # (the masked NCC of every shift up to max_jump at once, by FFT: masked_ncc_map pads the
-    # arrays by the search radius only, ~9x cheaper than a full-frame masked correlation)
+    # integer search over every shift up to max_jump: masked NCC via FFT on the coarse copies
+    # (the masked NCC of every shift up to max_jump at once, by FFT: the arrays are padded by
+    # the search radius only, ~9x cheaper than a full-frame masked correlation)
+    c = sa.c
     r = int(math.ceil(max_jump / c)) + 1
-    win = np.nan_to_num(masked_ncc_map(ac, bc, mac, mbc, r, overlap_ratio=0.3), nan=-np.inf)
+    shape, spec_a = sa.coarse_spectra(r)
+    _, spec_b = sb.coarse_spectra(r)
+    win = np.nan_to_num(masked_ncc_map_from_spectra(spec_a, spec_b, shape, r,
+                                                    overlap_ratio=0.3), nan=-np.inf)
     yy, xx = np.mgrid[: win.shape[0], : win.shape[1]]
     oy, ox = r, r
     win = np.where(np.hypot(yy - oy, xx - ox) <= max_jump / c + 1, win, -np.inf)
@@ -501,14 +558,14 @@ def register_prepared(
     if not spread > 0 or (win[iy, ix] - off.max()) / spread < config.min_peak_separation:
         return 0.0, 0.0, math.nan
     d = np.array([(iy - oy) * c, (ix - ox) * c], dtype=np.int64)
-    dy, dx, q = _local_peak(a, b, ma, mb, d.astype(np.float64), c + 1.0, k, area,
+    dy, dx, q = _local_peak(a, b, sa.fa, sb.fa, d.astype(np.float64), c + 1.0, k, area,
                             config.min_significance)
     if math.hypot(dy, dx) > config.max_jump_um / pixel_size_um + k:
         return 0.0, 0.0, math.nan
     return dy, dx, q
 
 
-def _local_peak(a: np.ndarray, b: np.ndarray, ma: np.ndarray, mb: np.ndarray,
+def _local_peak(a: np.ndarray, b: np.ndarray, fa: np.ndarray, fb: np.ndarray,
                 start: np.ndarray, radius: float, k: int, area: float,
                 min_significance: float) -> tuple[float, float, float]:
     """Hill-climb the masked NCC from ``start`` (product px) within ``radius``, then fit.
@@ -518,10 +575,10 @@ def _local_peak(a: np.ndarray, b: np.ndarray, ma: np.ndarray, mb: np.ndarray,
     leaves the disk, or when the peak correlation is not significant: ``q * sqrt(n / area)``
     (``n`` overlapping pixels, ``area`` pixels per independent noise sample) is the peak in
     units of the correlation's noise, and the best of a few thousand shifts of pure noise
-    reaches ~4.
+    reaches ~4. ``a``, ``b``: clipped products, 0 outside their masks ``fa``, ``fb``
+    (float32 0/1).
     """
     cache: dict[tuple[int, int], tuple[float, int]] = {}
-    fa, fb = ma.astype(np.float32), mb.astype(np.float32)
 
     def ncc(dy: int, dx: int) -> float:
         if (dy, dx) not in cache:
@@ -575,6 +632,14 @@ def register_pair(
     return out
 
 
+#: Memory for the registration-ready products a :class:`PairRegistrar` keeps: each frame
+#: is in up to ``2 x`` the number of gaps pairs, and made ready once instead of once per pair
+#: (a third of the registration time). ~2.6 MiB per 1024² frame at 0.15 µm pixels, so with
+#: pair_gap 16 every held one fits; larger products (2048² frames: ~10 MiB) are not kept,
+#: each pair makes its own as it runs (their movies' memory is tight).
+SIDE_CACHE_BYTES = 48 * 2**20
+
+
 def pair_list(n_frames: int, *, config: DriftConfig | None = None) -> list[tuple[int, int]]:
     """Frame pairs ``(i, j)`` registered for a movie: ``j`` to ``j - g`` for the gaps
     1, 2, 4, ... up to ``pair_gap`` (short pairs first, then the long ones)."""
@@ -626,6 +691,27 @@ class PairRegistrar:
         self._next = 1  # first frame whose pairs (to earlier frames) are not registered yet
         self._edges: dict[tuple[int, int], tuple[float, float, float]] = {}
         self.max_held = 0  # most products held at once (for tests and benchmarks)
+        self._sides: dict[int, _Side] = {}  # held products made ready (SIDE_CACHE_BYTES)
+
+    def _keeps_sides(self, product: np.ndarray) -> bool:
+        """Whether the registration-ready products of one frame's pairs (``pair_gap + 1``)
+        fit in :data:`SIDE_CACHE_BYTES` (~10 bytes per product pixel: ``a``, its mask, the
+        coarse copy and its spectra): e.g. 1024² frames at 0.15 µm pixels, not 2048²
+        ones, which register each pair from the products alone (memory bounded first)."""
+        return 10 * product.size * (max(self._gaps) + 1) <= SIDE_CACHE_BYTES
+
+    def _side(self, t: int) -> _Side:
+        """Frame ``t``'s product made ready for registration: kept while the product is
+        held, as far as :data:`SIDE_CACHE_BYTES` allows (the earliest frames, those with
+        the fewest pairs left, are dropped first; a dropped one is made again when needed)."""
+        side = self._sides.get(t)
+        if side is None:
+            side = _Side(self._products[t], self.config)
+            self._sides[t] = side
+            while (len(self._sides) > 1
+                   and sum(x.nbytes for x in self._sides.values()) > SIDE_CACHE_BYTES):
+                del self._sides[min(self._sides)]
+        return side
 
     def add(self, t: int, product: np.ndarray) -> None:
         """Hand over frame ``t``'s :func:`prepare_frame` product."""
@@ -646,12 +732,18 @@ class PairRegistrar:
         end = self._next  # frames < end have all arrived (or were dropped once registered)
         while end < self.n_frames and end in self._products:
             end += 1
-        pairs = [(j - g, j) for g in self._gaps for j in range(self._next, end) if j - g >= 0]
-        if pairs:
-            reg = dask.delayed(register_prepared, pure=False)
-            tasks = [reg(self._products[i], self._products[j],
-                         pixel_size_um=self.pixel_size_um, config=self.config)
-                     for i, j in pairs]
+        for j in range(self._next, end):  # frame by frame: a few sides alive at a time
+            pairs = [(j - g, j) for g in self._gaps if j - g >= 0]
+            if self._keeps_sides(self._products[j]):
+                reg = dask.delayed(_register_sides, pure=False)
+                tasks = [reg(self._side(i), self._side(j),
+                             pixel_size_um=self.pixel_size_um, config=self.config)
+                         for i, _ in pairs]
+            else:  # large products: each pair makes its own, one pair's memory at a time
+                reg = dask.delayed(register_prepared, pure=False)
+                tasks = [reg(self._products[i], self._products[j],
+                             pixel_size_um=self.pixel_size_um, config=self.config)
+                         for i, _ in pairs]
             if self._compute is None:
                 res = list(dask.compute(*tasks, scheduler="threads"))
             else:
@@ -661,6 +753,7 @@ class PairRegistrar:
         keep_from = self._next - max(self._gaps)  # later pairs reach back this far
         for t in [t for t in self._products if t < keep_from]:
             del self._products[t]
+            self._sides.pop(t, None)
 
     def edges(self) -> list[tuple[int, int, float, float, float]]:
         """``(i, j, dy_px, dx_px, quality)`` per pair, in :func:`pair_list` order."""
@@ -668,6 +761,7 @@ class PairRegistrar:
         if self._next < self.n_frames:
             raise ValueError(f"the product of frame {self._next} was never handed over")
         self._products.clear()
+        self._sides.clear()
         return [(i, j, *self._edges[(i, j)])
                 for i, j in pair_list(self.n_frames, config=self.config)]
 
@@ -928,7 +1022,8 @@ def drift_from_edges(edges: Any, n_frames: int, *, config: DriftConfig | None = 
 
 
 def _point_pair_shift(p: np.ndarray, q: np.ndarray, *, max_jump: float, tol: float,
-                      area: float, max_nfa: float) -> tuple[float, float, int] | None:
+                      area: float, max_nfa: float, trees: tuple[Any, Any] | None = None
+                      ) -> tuple[float, float, int] | None:
     """Common shift of two point sets (static objects seen in two frames), or None.
 
     Every displacement ``q_b - p_a`` up to ``max_jump`` is a candidate; its support is the
@@ -941,34 +1036,42 @@ def _point_pair_shift(p: np.ndarray, q: np.ndarray, *, max_jump: float, tol: flo
 
     Written by hand: a displacement-voting (Hough) match of two small point sets with a
     chance-coincidence test; scipy has the nearest-neighbour queries (cKDTree), not this.
+    ``trees``: the cKDTrees of ``p`` and ``q`` when the caller has them (a frame is in many
+    pairs).
     """
     from scipy.spatial import cKDTree
-    from scipy.stats import poisson
+    from scipy.special import pdtrc
 
     if len(p) == 0 or len(q) == 0:
         return None
-    near = cKDTree(p).query_ball_tree(cKDTree(q), max_jump)
+    tp, tq = trees if trees is not None else (cKDTree(p), cKDTree(q))
+    near = tp.query_ball_tree(tq, max_jump)
     ia = np.repeat(np.arange(len(p)), [len(x) for x in near])
     ib = np.fromiter((b for x in near for b in x), dtype=np.int64, count=len(ia))
     if len(ia) == 0:
         return None
     v = q[ib] - p[ia]
-    groups = cKDTree(v).query_ball_point(v, tol)
+    tv = cKDTree(v)
     # one-to-one support (distinct points on both sides) of the candidates, largest groups
-    # first: a group smaller than the best support found cannot beat it
-    size = np.fromiter((len(g) for g in groups), dtype=np.int64, count=len(groups))
-    k, s = 0, 0
+    # first: a group smaller than the best support found cannot beat it. Only the group
+    # sizes are counted for every candidate (in C); the members are listed for the few
+    # candidates examined (sorted, as a query of all points lists them): listing every
+    # group was 90 % of the time
+    size = np.asarray(tv.query_ball_point(v, tol, return_length=True), dtype=np.int64)
+    k, s, best = 0, 0, None
     for c in np.argsort(-size, kind="stable"):
         if size[c] <= s:
             break
-        g = groups[c]
+        g = tv.query_ball_point(v[c], tol, return_sorted=True)
         sup = min(len(np.unique(ia[g])), len(np.unique(ib[g])))
         if sup > s:
-            k, s = int(c), sup
+            k, s, best = int(c), sup, g
     lam = len(p) * len(q) * math.pi * tol**2 / max(area, 1.0)
-    if s < 2 or len(v) * float(poisson.sf(s - 2, lam)) > max_nfa:
+    # pdtrc(k, lam) = P(Poisson(lam) > k): scipy.stats.poisson.sf without its argument
+    # handling (s - 2 >= 0 here)
+    if s < 2 or len(v) * float(pdtrc(s - 2, lam)) > max_nfa:
         return None
-    sel = np.hypot(*(v - v[groups[k]].mean(axis=0)).T) <= tol
+    sel = np.hypot(*(v - v[best].mean(axis=0)).T) <= tol
     dy, dx = np.median(v[sel], axis=0)
     return float(dy), float(dx), s
 
@@ -1012,11 +1115,14 @@ def fiducial_edges(
     bounds = np.searchsorted(f, np.arange(n + 1))
     pts = [yx[bounds[t]: bounds[t + 1]] for t in range(n)]
     px = float(pixel_size_um)
+    from scipy.spatial import cKDTree
+
+    trees = [cKDTree(x) if len(x) else None for x in pts]  # each frame is in many pairs
     out = []
     for i, j in pair_list(n, config=config):
         r = _point_pair_shift(pts[i], pts[j], max_jump=config.max_jump_um / px,
                               tol=config.fiducial_tolerance_um / px, area=area,
-                              max_nfa=config.fiducial_max_nfa)
+                              max_nfa=config.fiducial_max_nfa, trees=(trees[i], trees[j]))
         if r is not None:
             out.append((i, j, r[0], r[1], float(r[2])))
     return out
@@ -1112,6 +1218,7 @@ def refine_drift(
     config: DriftConfig | None = None,
     tracking_config: Any = None,
     pair_edges: Any = None,
+    fiducial_pairs: Any = None,
 ) -> pd.DataFrame:
     """Refine a coarse drift with anchored migrasomes (see the module docstring).
 
@@ -1131,6 +1238,10 @@ def refine_drift(
         with the migrasome detections' pairs. None: ``drift.attrs["pair_edges"]`` if
         present (kept for callers that do not pass them yet), else the chain of the
         table's registered frames.
+    fiducial_pairs
+        The :func:`fiducial_edges` of ``detections`` when ``drift`` was already solved with
+        them (``drift_from_edges(..., fiducial_edges=...)``): the pair graph is not solved
+        again. None: they are found and solved here.
 
     Returns
     -------
@@ -1143,8 +1254,9 @@ def refine_drift(
     out = drift.sort_values("frame").reset_index(drop=True).copy()
     if not config.refine or len(detections) == 0 or len(out) < 2:
         return out
-    out = _with_fiducial_pairs(detections, drift, out, pixel_size_um=pixel_size_um,
-                               config=config, pair_edges=pair_edges)
+    if fiducial_pairs is None:
+        out = _with_fiducial_pairs(detections, drift, out, pixel_size_um=pixel_size_um,
+                                   config=config, pair_edges=pair_edges)
     det = detections
     if "track_id" not in det.columns:
         det = link_migrasomes(det, pixel_size_um=pixel_size_um, config=tracking_config,

@@ -40,7 +40,8 @@ How it runs
    ``migrasomes`` array is relabelled with track ids), assignment to cells, growth fits, cell
    summaries. The relabelling of each stack runs in a background thread beside the table
    work that does not read that stack (linking beside the cell stack, assignment and growth
-   beside the migrasome stack).
+   beside the migrasome stack; for frames that take turns in detection, e.g. 2048², the
+   migrasome stack is relabelled before assignment instead, for bounded memory).
 
 Results are deterministic: the same movie and config give identical tables on the threaded
 scheduler and on a distributed cluster. Rows are sorted (migrasomes by frame, y, x; tracks by
@@ -363,10 +364,16 @@ def _frame_task(
 
 def _relabel_task(array: Any, t: int, old: np.ndarray, new: np.ndarray) -> int:
     """Replace label values ``old`` by ``new`` in frame ``t`` of ``array`` (others -> 0)."""
-    labels = np.asarray(array[t])
+    labels = np.asarray(array[t], dtype=np.int32)
     lut = np.zeros(int(max(labels.max(initial=0), old.max(initial=0))) + 1, dtype=np.int32)
     lut[old] = new
-    array[t] = lut[labels]
+    if not labels.flags.writeable:
+        labels = labels.copy()
+    # in place, a block of rows at a time: a 2048² frame's second 16 MiB array is not made
+    # (np.take into its own index array would copy the indices first)
+    for r in range(0, labels.shape[0], 256):
+        labels[r:r + 256] = lut[labels[r:r + 256]]
+    array[t] = labels
     return t
 
 
@@ -579,7 +586,9 @@ def analyze_movie(
         fibers = pd.concat(fib, ignore_index=True) if fib else pd.DataFrame()
         stats = pd.DataFrame([r[3] for r in per_frame])
         qc_images = {r[0]: r[4] for r in per_frame if r[4] is not None}
-        del per_frame
+        # the per-frame tables live on in the concatenated ones: the lists would hold a second
+        # copy of every row through the across-time steps (memory growing with the movie)
+        del per_frame, dets, fib
         release_free_memory()
 
         # --- drift (cells masked), bleaching --------------------------------------------
@@ -616,11 +625,17 @@ def analyze_movie(
             migrasomes = across_time.link(detections, drift, factors,
                                           pixel_size_um=pixel_size_um,
                                           frame_interval_s=frame_interval_s, config=config)
+            del detections  # the linked table holds its rows (a long movie's is tens of MiB)
             relabel_cells.result()
             relabel_migrasomes = _run_beside(background, client, functools.partial(
                 _compute_windows, across_time.relabel_tasks(
                     group["migrasomes"], migrasomes, "det_index", "track_id", n_frames,
                     _relabel_task, offset=1, key=f"migrasomes-{run_id}"), client, window))
+            if _DETECTION_GATE.takes_turns(shape[0] * shape[1]):
+                # large frames (2048²): the relabel's frames in flight (read, relabelled,
+                # compressed: ~50 MiB each) beside assignment's own frames were the peak RSS
+                # of a 400-frame 2048² movie; it finishes before assignment starts
+                relabel_migrasomes.result()
             step()
 
             # --- assignment, growth, cell summaries --------------------------------------

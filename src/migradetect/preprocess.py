@@ -79,9 +79,13 @@ def block_mean(frame: np.ndarray, factor: int) -> np.ndarray:
 
     The result has shape ``ceil(Y / factor), ceil(X / factor)``.
     """
-    frame = np.asarray(frame, dtype=np.float32)
+    frame = np.asarray(frame)
     if factor <= 1:
-        return frame.copy()
+        return np.array(frame, dtype=np.float32)  # a copy, as for larger factors
+    if not (frame.dtype == bool or (frame.dtype.kind in "ui" and frame.dtype.itemsize <= 2)):
+        frame = frame.astype(np.float32, copy=False)
+    # (camera counts of up to 16 bits and masks are exact in float32: they are added into
+    # the float32 sums as they are, the same sums without a float32 copy of the frame)
     ny, nx = frame.shape
     py, px = (-ny) % factor, (-nx) % factor
     if py or px:
