@@ -126,14 +126,23 @@ def track_cells(cell_labels: Any, *, pixel_size_um: float, frame_interval_s: flo
     """Cell identities over time: ``(mapping(frame, label, cell_id), cell_frames)``.
 
     Cell ids are renumbered 1, 2, ... in order of first appearance (frame, then y, then x of
-    the centroid), so they do not depend on segmentation label order.
+    the centroid), so they do not depend on segmentation label order. With
+    ``config.cells.split_glued_in_time``, a label holding two touching cells is split between
+    them (:func:`celltracking.track_cells_split`) and the parts are written into
+    ``cell_labels`` as labels of their own, so the mapping's lookup table applies to it.
     """
-    from migradetect import tracking
+    from migradetect import celltracking, tracking
 
     interval = frame_interval_s if frame_interval_s is not None else 1.0
-    mapping, cf = tracking.track_cells(cell_labels, pixel_size_um=pixel_size_um,
-                                       frame_interval_s=interval, config=config.tracking,
-                                       drift=drift)
+    if config.cells.split_glued_in_time:
+        mapping, cf, splits = celltracking.track_cells_split(
+            cell_labels, pixel_size_um=pixel_size_um, frame_interval_s=interval,
+            config=config.tracking, drift=drift, core_um=config.cells.min_half_width_um)
+        celltracking.write_splits(cell_labels, splits)
+    else:
+        mapping, cf = tracking.track_cells(cell_labels, pixel_size_um=pixel_size_um,
+                                           frame_interval_s=interval, config=config.tracking,
+                                           drift=drift)
     if len(cf) == 0:
         return (pd.DataFrame({"frame": pd.Series([], dtype="int64"),
                               "label": pd.Series([], dtype="int64"),

@@ -80,6 +80,13 @@ class CellConfig:
     min_area_um2: float = param(40.0, unit="um2", min=0.0,
                                 help="smallest cell area kept (a rounded cell 7 µm across)")
     split_touching: bool = param(True, help="split touching cells (distance-transform watershed)")
+    split_glued_in_time: bool = param(
+        True,
+        help="touching cells segmented as one label keep both identities: the cell tracking "
+             "splits the label between the two cells' masks of the previous frame, while each "
+             "part keeps half its area and a min_half_width_um core "
+             "(celltracking.track_cells_split)",
+    )
     min_cell_distance_um: float = param(8.0, unit="um", min=0.5, max=200.0,
                                         help="smallest distance between two cell centres")
     split_depth_um: float = param(
