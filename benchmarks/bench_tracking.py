@@ -441,7 +441,11 @@ def main_reassign(args) -> None:
     pd.set_option("display.width", 250)
     df = pd.DataFrame(rows)
     print(df.round(3).to_string(index=False))
-    b = pd.concat(breakdowns, ignore_index=True)
+    print_count_totals(pd.concat(breakdowns, ignore_index=True))
+
+
+def print_count_totals(b: pd.DataFrame) -> None:
+    """Per movie and overall sums of :func:`count_breakdown` rows (``preset``, ``seed`` added)."""
     tot = b.groupby(["preset", "seed"])[["n_true", "n_pred", *CAUSES]].sum()
     tot["cells"] = b.groupby(["preset", "seed"]).size()
     tot["exact"] = b.groupby(["preset", "seed"])["err"].apply(lambda e: (e == 0).sum())
@@ -478,14 +482,7 @@ def main_e2e(args) -> None:
                             seed += 1
     df = pd.DataFrame(rows)
     if breakdowns:
-        b = pd.concat(breakdowns, ignore_index=True)
-        tot = b.groupby(["preset", "seed"])[["n_true", "n_pred", *CAUSES]].sum()
-        tot["cells"] = b.groupby(["preset", "seed"]).size()
-        tot["exact"] = b.groupby(["preset", "seed"])["err"].apply(lambda e: (e == 0).sum())
-        tot["abs_err"] = b.groupby(["preset", "seed"])["err"].apply(lambda e: e.abs().sum())
-        print("count breakdown (sums over true cells with migrasomes):")
-        print(tot.to_string())
-        print(tot.sum().to_string())
+        print_count_totals(pd.concat(breakdowns, ignore_index=True))
     summary = {
         "complete_tracks_min": float(df["complete_tracks"].min()),
         "id_switches_per_100_max": float(df["id_switches_per_100"].max()),
