@@ -229,7 +229,8 @@ class Results:
     labels
         The open zarr group (in-memory when ``labels_path`` is None).
     qc_images
-        A few raw migrasome-channel frames (first, middle, last) for ``qc.png``, by frame.
+        A few raw migrasome-channel frames (first, middle, last) for ``qc.png``, by frame
+        (numpy arrays, or lazy dask arrays of the movie read when drawn).
     frame_stats
         Per-frame statistics (one row per frame) and the bleach factor applied.
     """
@@ -239,7 +240,7 @@ class Results:
     manifest: dict[str, Any]
     movie: dict[str, Any]
     labels: Any = None
-    qc_images: dict[int, np.ndarray] = field(default_factory=dict)
+    qc_images: dict[int, Any] = field(default_factory=dict)
     frame_stats: pd.DataFrame | None = None
 
     def open_labels(self) -> Any:
@@ -327,13 +328,11 @@ def _frame_task(
     pixel_size_um: float,
     psf_sigma_um: float,
     config: Config,
-    keep_image: bool,
     drift_product: bool = False,
-) -> tuple[int, pd.DataFrame, pd.DataFrame, dict[str, float], np.ndarray | None,
-           np.ndarray | None]:
+) -> tuple[int, pd.DataFrame, pd.DataFrame, dict[str, float], np.ndarray | None]:
     """One dask task: process frame ``t`` and write its labels into the zarr arrays.
 
-    Returns ``(t, detections, fibers, stats, qc_image, drift_product)``; the drift product
+    Returns ``(t, detections, fibers, stats, drift_product)``; the drift product
     (:func:`migradetect.drift.prepare_frame` of the migrasome channel with this frame's cells
     masked, float16 at ~0.3 µm pixels) is made only when ``drift_product`` is True, so the
     across-time drift step never reads the movie again.
@@ -353,8 +352,7 @@ def _frame_task(
     if drift_product:
         product = drift.prepare_frame(preprocess.finite_frame(frame, t), out.cell_labels,
                                       pixel_size_um=pixel_size_um, config=config.drift)
-    result = (t, out.detections, out.fibers, out.stats, (frame.copy() if keep_image else None),
-              product)
+    result = (t, out.detections, out.fibers, out.stats, product)
     large = _DETECTION_GATE.takes_turns(frame.size)  # a frame that takes turns in detection
     del out, frame, cell_frame
     if large:  # this frame's freed work arrays, before the thread takes the next frame
@@ -549,7 +547,7 @@ def analyze_movie(
         mig = data[t, c_mig, 0]
         cell = None if c_cell is None else data[t, c_cell, 0]
         tasks.append(dask.delayed(frame_task)(
-            mig, cell, t, keep_image=t in qc_frames,
+            mig, cell, t,
             dask_key_name=f"migradetect-frame-{run_id}-{t}"))
     window = 2 * _n_threads(client)
     registrar = None
@@ -566,9 +564,9 @@ def analyze_movie(
     def consume(_i: int, r: Any) -> Any:
         if registrar is None:
             return r
-        registrar.add(r[0], r[5])
+        registrar.add(r[0], r[4])
         registrar.register()  # in this thread, while the workers go on with later frames
-        return r[:5] + (None,)
+        return r[:4] + (None,)
 
     with _scheduler(client):
         try:
@@ -585,7 +583,9 @@ def analyze_movie(
         fib = [r[2] for r in per_frame if len(r[2])]
         fibers = pd.concat(fib, ignore_index=True) if fib else pd.DataFrame()
         stats = pd.DataFrame([r[3] for r in per_frame])
-        qc_images = {r[0]: r[4] for r in per_frame if r[4] is not None}
+        # the qc frames are read again (lazily, when qc.png is drawn) rather than held from
+        # the per-frame phase: three 2048² frames held to its end were 24 MiB of its peak RSS
+        qc_images = {t: data[t, c_mig, 0].reshape(shape) for t in qc_frames}
         # the per-frame tables live on in the concatenated ones: the lists would hold a second
         # copy of every row through the across-time steps (memory growing with the movie)
         del per_frame, dets, fib
